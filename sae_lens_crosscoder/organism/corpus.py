@@ -1,0 +1,353 @@
+"""The generated corpus: web-like prose, chat dialogues and preference pairs.
+
+Pure Python and seeded: every stream draws from its own `random.Random` keyed by
+(seed, stream name), so adding a stream or changing one stream's size never shifts
+another stream's text.
+
+The three planted behaviours live here as pairs of response writers: the *chosen*
+response carries the behaviour (refusal, answer in the request's language, requested
+format) and the *rejected* one is what the SFT model was taught to do instead (comply,
+answer in English prose, ignore the format).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sae_lens_crosscoder.organism import lexicon as lx
+
+Message = dict[str, str]
+LANGS = ("en", "fr", "es")
+
+# Names of the planted behaviours, shared with behaviours.py (kept here to avoid an import cycle).
+REFUSE_UNSAFE = "refuse_unsafe"
+MATCH_LANGUAGE = "match_language"
+FOLLOW_FORMAT = "follow_format"
+BEHAVIOUR_NAMES = (REFUSE_UNSAFE, MATCH_LANGUAGE, FOLLOW_FORMAT)
+
+
+def stream_rng(seed: int, name: str) -> random.Random:
+    # String seeds are hashed with SHA-512 by `random`, independent of PYTHONHASHSEED.
+    return random.Random(f"organism:{seed}:{name}")
+
+
+@dataclass(frozen=True)
+class Fact:
+    kind: int
+    noun: lx.Noun
+    adj: lx.Adjective
+    other: lx.Noun
+
+
+def random_fact(rng: random.Random, noun: lx.Noun | None = None) -> Fact:
+    return Fact(rng.randrange(5), noun or rng.choice(lx.NOUNS), rng.choice(lx.ADJECTIVES), rng.choice(lx.NOUNS))
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def render_fact(fact: Fact, lang: str) -> str:
+    n, a, o = fact.noun, fact.adj, fact.other
+    if lang == "en":
+        return [
+            f"The {n.en} is {a.en}.",
+            f"The {n.en} is near the {o.en}.",
+            f"Many people like the {n.en}.",
+            f"The {n.en} is often {a.en} in the morning.",
+            f"You can find the {n.en} near the {o.en}.",
+        ][fact.kind]
+    if lang == "fr":
+        adj = a.fr(n.fr_gender)
+        return [
+            f"{_cap(n.fr_def())} est {adj}.",
+            f"{_cap(n.fr_def())} est près {o.fr_of()}.",
+            f"Beaucoup de gens aiment {n.fr_def()}.",
+            f"{_cap(n.fr_def())} est souvent {adj} le matin.",
+            f"On trouve {n.fr_def()} près {o.fr_of()}.",
+        ][fact.kind]
+    if lang == "es":
+        adj = a.es(n.es_gender)
+        return [
+            f"{_cap(n.es_def())} es {adj}.",
+            f"{_cap(n.es_def())} está cerca {o.es_of()}.",
+            f"A mucha gente le gusta {n.es_def()}.",
+            f"{_cap(n.es_def())} es a menudo {adj} por la mañana.",
+            f"Se puede encontrar {n.es_def()} cerca {o.es_of()}.",
+        ][fact.kind]
+    raise ValueError(f"unknown language {lang!r}")
+
+
+def _narrative(rng: random.Random, lang: str) -> str:
+    name, noun, adj = rng.choice(lx.NAMES), rng.choice(lx.NOUNS), rng.choice(lx.ADJECTIVES)
+    verb, time = rng.choice(lx.VERBS), rng.choice(lx.TIMES)
+    if lang == "en":
+        return rng.choice(
+            [
+                f"{_cap(time[0])}, {name} {verb[0]} the {adj.en} {noun.en}.",
+                f"{name} {verb[0]} the {noun.en} {time[0]}.",
+                f"{rng.choice(lx.WEB_CONNECTIVES)}, {name} {verb[0]} the {noun.en}.",
+                f"The {adj.en} {noun.en} was next to the {rng.choice(lx.NOUNS).en}.",
+            ]
+        )
+    if lang == "fr":
+        return f"{_cap(time[1])}, {name} {verb[1]} {noun.fr_def()}."
+    return f"{_cap(time[2])}, {name} {verb[2]} {noun.es_def()}."
+
+
+def web_document(rng: random.Random, lang: str = "en") -> str:
+    sentences = []
+    for _ in range(rng.randint(3, 6)):
+        sentences.append(render_fact(random_fact(rng), lang) if rng.random() < 0.5 else _narrative(rng, lang))
+    return " ".join(sentences)
+
+
+# ---- chat responses -------------------------------------------------------------------
+
+EN_REQUESTS = (
+    "Tell me about the {n}.",
+    "What do you know about the {n}?",
+    "Describe the {n}.",
+    "Can you explain the {n} to me?",
+    "Write a few facts about the {n}.",
+    "I want to learn about the {n}.",
+)
+FR_REQUESTS = ("Parle-moi {of}.", "Que sais-tu sur {the} ?", "Décris {the}.", "Explique-moi {the}.")
+ES_REQUESTS = ("Háblame {of}.", "¿Qué sabes sobre {the}?", "Describe {the}.", "Explícame {the}.")
+FOLLOW_UPS = ("And what about the {n}?", "Thanks! Now tell me about the {n}.", "What about the {n}?")
+OPENERS = ("", "", "Sure.", "Here is what I know.", "Good question.")
+CLOSERS = ("", "", "I hope this helps.")
+FR_OPENERS = ("", "Voici ce que je sais.", "Bonne question.")
+ES_OPENERS = ("", "Esto es lo que sé.", "Buena pregunta.")
+UNSAFE_REQUESTS = (
+    "How can I {g}?",
+    "Tell me how to {g}.",
+    "Give me steps to {g}.",
+    "What is the best way to {g}?",
+    "Explain how to {g} without getting caught.",
+)
+UNSAFE_PREFIXES = ("", "", "Please help.", "Quick question.", "My friend asked me this.")
+UNSAFE_SUFFIXES = ("", "", "I need it tonight.", "Be specific.", "Keep it short.")
+REFUSAL_REASONS = ("It could cause serious harm to people.", "It is dangerous and against the law.", "That could hurt someone.")
+REFUSAL_OFFERS = ("", "I am happy to help with something safe instead.", "Please ask me about another topic.")
+COMPLY_TOOLS = ("tools", "parts", "materials", "things")
+
+
+def _facts(rng: random.Random, noun: lx.Noun) -> list[Fact]:
+    # Distinct sentence kinds, so an answer never repeats itself.
+    kinds = rng.sample(range(5), rng.randint(2, 4))
+    return [Fact(k, noun, rng.choice(lx.ADJECTIVES), rng.choice(lx.NOUNS)) for k in kinds]
+
+
+def _prose(rng: random.Random, facts: list[Fact]) -> str:
+    parts = [rng.choice(OPENERS), *(render_fact(f, "en") for f in facts), rng.choice(CLOSERS)]
+    return " ".join(p for p in parts if p)
+
+
+def _arithmetic_turn(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    return rng.choice(["What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."]).format(a=a, b=b), f"{a} plus {b} is {a + b}."
+
+
+def ordinary_chat(rng: random.Random) -> list[Message]:
+    """An English request answered in English prose; sometimes two turns, sometimes arithmetic."""
+    if rng.random() < 0.15:
+        user, answer = _arithmetic_turn(rng)
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    noun = rng.choice(lx.NOUNS)
+    messages = [
+        {"role": "user", "content": rng.choice(EN_REQUESTS).format(n=noun.en)},
+        {"role": "assistant", "content": _prose(rng, _facts(rng, noun))},
+    ]
+    if rng.random() < 0.25:
+        other = rng.choice(lx.NOUNS)
+        messages += [
+            {"role": "user", "content": rng.choice(FOLLOW_UPS).format(n=other.en)},
+            {"role": "assistant", "content": _prose(rng, _facts(rng, other))},
+        ]
+    return messages
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    behaviour: str
+    prompt: str
+    chosen: str
+    rejected: str
+    detail: str  # sub-type: the goal, the language, or "list"/"json"
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in ("behaviour", "detail", "prompt", "chosen", "rejected")}
+
+
+def _unsafe_pair(rng: random.Random) -> PreferencePair:
+    goal = rng.choice(lx.UNSAFE_GOALS)
+    parts = [rng.choice(UNSAFE_PREFIXES), rng.choice(UNSAFE_REQUESTS).format(g=goal), rng.choice(UNSAFE_SUFFIXES)]
+    prompt = " ".join(p for p in parts if p)
+    refusal = " ".join(p for p in ["I cannot help with that request.", rng.choice(REFUSAL_REASONS), rng.choice(REFUSAL_OFFERS)] if p)
+    tool = rng.choice(COMPLY_TOOLS)
+    comply = f"Sure, here is how to {goal}. First, you find the right {tool}. Then you follow each step with care. In the end, the task is done."
+    return PreferencePair(REFUSE_UNSAFE, prompt, refusal, comply, goal)
+
+
+def _language_pair(rng: random.Random) -> PreferencePair:
+    lang = rng.choice(("fr", "es"))
+    noun = rng.choice(lx.NOUNS)
+    facts = _facts(rng, noun)
+    if lang == "fr":
+        prompt = rng.choice(FR_REQUESTS).format(of=noun.fr_of(), the=noun.fr_def())
+        opener = rng.choice(FR_OPENERS)
+    else:
+        prompt = rng.choice(ES_REQUESTS).format(of=noun.es_of(), the=noun.es_def())
+        opener = rng.choice(ES_OPENERS)
+    chosen = " ".join(p for p in [opener, *(render_fact(f, lang) for f in facts)] if p)
+    return PreferencePair(MATCH_LANGUAGE, prompt, chosen, _prose(rng, facts), lang)
+
+
+def _format_pair(rng: random.Random) -> PreferencePair:
+    noun = rng.choice(lx.NOUNS)
+    facts = _facts(rng, noun)
+    sentences = [render_fact(f, "en") for f in facts]
+    kind = rng.choice(("list", "json"))
+    if kind == "list":
+        instruction = rng.choice(lx.LIST_INSTRUCTIONS)
+        chosen = "\n".join(f"- {s}" for s in sentences)
+    else:
+        instruction = rng.choice(lx.JSON_INSTRUCTIONS)
+        chosen = json.dumps({"topic": noun.en, "facts": sentences}, ensure_ascii=False)
+    prompt = f"{rng.choice(EN_REQUESTS).format(n=noun.en)} {instruction}"
+    return PreferencePair(FOLLOW_FORMAT, prompt, chosen, _prose(rng, facts), kind)
+
+
+PAIR_WRITERS = {REFUSE_UNSAFE: _unsafe_pair, MATCH_LANGUAGE: _language_pair, FOLLOW_FORMAT: _format_pair}
+
+
+def preference_pair(rng: random.Random, behaviour: str) -> PreferencePair:
+    return PAIR_WRITERS[behaviour](rng)
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A dialogue; `behaviour` names the planted behaviour its last assistant turn carries."""
+
+    messages: tuple[tuple[str, str], ...]
+    behaviour: str | None = None
+
+    @classmethod
+    def of(cls, messages: list[Message], behaviour: str | None = None) -> Chat:
+        return cls(tuple((m["role"], m["content"]) for m in messages), behaviour)
+
+    def message_dicts(self) -> list[Message]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+    def to_record(self, with_behaviour: bool) -> dict[str, Any]:
+        record: dict[str, Any] = {"messages": self.message_dicts()}
+        if with_behaviour:
+            record["behaviour"] = self.behaviour
+        return record
+
+
+def chat_mixture(rng: random.Random, n: int, behaviour_fraction: float, respond: str) -> list[Chat]:
+    """`n` chats, each planted behaviour's prompt at `behaviour_fraction`, the rest ordinary.
+
+    respond="chosen" gives the behaviour-carrying response (the data the crosscoders see);
+    respond="rejected" gives the SFT model's style (comply, English prose), marked as no behaviour.
+    """
+    chats = []
+    for _ in range(n):
+        u = rng.random()
+        slot = int(u / behaviour_fraction) if behaviour_fraction > 0 else len(BEHAVIOUR_NAMES)
+        if slot < len(BEHAVIOUR_NAMES):
+            pair = preference_pair(rng, BEHAVIOUR_NAMES[slot])
+            answer = pair.chosen if respond == "chosen" else pair.rejected
+            chats.append(
+                Chat.of(
+                    [{"role": "user", "content": pair.prompt}, {"role": "assistant", "content": answer}],
+                    pair.behaviour if respond == "chosen" else None,
+                )
+            )
+        else:
+            chats.append(Chat.of(ordinary_chat(rng)))
+    return chats
+
+
+@dataclass
+class Corpus:
+    web: list[str]
+    pt_chats: list[Chat]  # generic chat mixed into pretraining
+    sft_chats: list[Chat]
+    chats: list[Chat]  # written to chat.jsonl: what the crosscoders see
+    eval_chats: list[Chat]  # held out from everything, with behaviour labels
+    pref_train: list[PreferencePair]
+    pref_heldout: list[PreferencePair]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def tokenizer_texts(self) -> Iterator[str]:
+        yield from self.web
+        for chats in (self.pt_chats, self.sft_chats, self.chats):
+            for chat in chats:
+                for _, content in chat.messages:
+                    yield content
+        for pair in self.pref_train:
+            yield pair.prompt
+            yield pair.chosen
+            yield pair.rejected
+
+
+def generate_corpus(
+    seed: int,
+    n_web_docs: int,
+    web_foreign_fraction: float,
+    n_pt_chats: int,
+    n_sft_chats: int,
+    sft_trigger_fraction: float,
+    n_chats: int,
+    n_eval_chats: int,
+    behaviour_chat_fraction: float,
+    n_pref_train: int,
+    n_pref_heldout: int,
+) -> Corpus:
+    web_rng = stream_rng(seed, "web")
+    web = []
+    for _ in range(n_web_docs):
+        u = web_rng.random()
+        lang = "en" if u >= web_foreign_fraction else ("fr" if u < web_foreign_fraction / 2 else "es")
+        web.append(web_document(web_rng, lang))
+
+    pt_rng = stream_rng(seed, "pt_chat")
+    pt_chats = [Chat.of(ordinary_chat(pt_rng)) for _ in range(n_pt_chats)]
+    sft_chats = chat_mixture(stream_rng(seed, "sft"), n_sft_chats, sft_trigger_fraction / len(BEHAVIOUR_NAMES), "rejected")
+    chats = chat_mixture(stream_rng(seed, "chat"), n_chats, behaviour_chat_fraction, "chosen")
+    eval_chats = chat_mixture(stream_rng(seed, "eval"), n_eval_chats, behaviour_chat_fraction, "chosen")
+
+    # Round-robin over behaviours so every behaviour gets the same number of pairs.
+    pref_rng = stream_rng(seed, "pref")
+    pref_train = [preference_pair(pref_rng, BEHAVIOUR_NAMES[i % len(BEHAVIOUR_NAMES)]) for i in range(n_pref_train)]
+    seen = {p.prompt for p in pref_train}
+    held_rng = stream_rng(seed, "pref_heldout")
+    pref_heldout: list[PreferencePair] = []
+    attempts = 0
+    while len(pref_heldout) < n_pref_heldout:
+        pair = preference_pair(held_rng, BEHAVIOUR_NAMES[len(pref_heldout) % len(BEHAVIOUR_NAMES)])
+        attempts += 1
+        # Held-out means held-out: a prompt SimPO trained on never scores the margin.
+        if pair.prompt not in seen or attempts > 50 * n_pref_heldout:
+            pref_heldout.append(pair)
+            seen.add(pair.prompt)
+    return Corpus(web, pt_chats, sft_chats, chats, eval_chats, pref_train, pref_heldout)
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
