@@ -57,26 +57,28 @@ class CrosscoderRunnerConfig:
     cached_activations_path: str | None = None
     cache_shuffle_buffer_tokens: int = 262_144
     cache_chunk_tokens: int = 8_192
-    # live paired store (models run on identical tokens)
+    # live paired store (models run on identical tokens); see paired_store.py. Live runs
+    # shuffle in windows of cache_shuffle_buffer_tokens (whole cache_chunk_tokens chunks),
+    # exactly as a cache read in stream order, so live and cached runs see the same batches.
     hook_name: str | None = None
-    hook_names: list[str] | None = None
-    dataset_path: str | None = None
-    datasets: list[dict[str, Any]] | None = None  # mix: [{path, weight, chat, split, ...}]
-    is_dataset_tokenized: bool | None = None
+    hook_names: list[str] | None = None  # one per model, instead of hook_name
+    dataset_path: str | None = None  # HF id, local file (.txt/.jsonl/.parquet/.csv) or directory
+    datasets: list[dict[str, Any]] | None = None  # mix: [{path, weight, split, chat, text_column, ...}]
+    is_dataset_tokenized: bool | None = None  # None: detected from the columns
     dataset_split: str = "train"
     streaming: bool = True
     context_size: int = 128
     prepend_bos: bool = True
-    exclude_special_tokens: bool | list[int] = True
-    exclude_template_tokens: bool = False
+    sequence_separator_token: int | str | None = "bos"  # between packed documents (SAELens's default)
+    exclude_special_tokens: bool | list[int] = True  # BOS and padding are always excluded
+    exclude_template_tokens: bool = False  # chat-template tokens (role headers, turn markers)
     model_dtype: str = "float32"
-    devices: list[str] | None = None
-    model_class_name: str = "HookedTransformer"
+    devices: list[str] | None = None  # one per model (or one for all); default `device`
     model_from_pretrained_kwargs: dict[str, Any] | None = None
     model_architectures: list[str | None] | None = None  # official TL name to load each model into
-    store_batch_size_prompts: int = 16
-    n_batches_in_buffer: int = 64
-    cache_token_budget: int | None = None
+    store_batch_size_prompts: int = 16  # context windows per model forward
+    cache_shuffle_chunks: bool | None = None  # None: False for caches written in stream order by `cache`
+    cache_token_budget: int | None = None  # tokens `cache` writes (after exclusions)
     cache_shard_tokens: int = 65_536
     cache_dtype: str = "float32"
 
