@@ -29,7 +29,7 @@ LATENTS = [
     # excluded: nu_reconstruction too high; and a shared one
     SyntheticLatent(5, ["I *refuse* to help with *weapons*"], "other", 0.1, 0.7, 0.92),
     SyntheticLatent(6, ["hello *world*"], "shared", 0.9, 0.95, 0.5),
-    SyntheticLatent(7, ["base *only*"], "only:base", 1.0, 1.0, 0.02),
+    SyntheticLatent(7, ["base *only*"], "only:base", 1.0, 1.0, 0.02, nu_error_reverse=0.1, nu_reconstruction_reverse=0.2),
 ]
 
 
@@ -41,7 +41,7 @@ def analysis(tmp_path: Path) -> Path:
 def test_synthetic_analysis_has_the_documented_shape(analysis: Path) -> None:
     frame = pd.read_parquet(analysis / "latents.parquet")
     assert {"latent", "dec_norm_base", "dec_norm_chat", "delta_norm", "cos_sim", "freq", "max_act", "nu_error",
-            "nu_reconstruction", "class"} <= set(frame.columns)
+            "nu_reconstruction", "nu_error_reverse", "nu_reconstruction_reverse", "class"} <= set(frame.columns)
     ex = read_examples(analysis / "examples.jsonl", [1, 2])
     assert set(ex) == {1, 2}
     first = ex[1].top[0]
@@ -61,8 +61,8 @@ def test_selection_rules(analysis: Path) -> None:
     assert select_latents(a, SelectionRule(rule="class")) == [4, 1, 2, 3]
     assert select_latents(a, SelectionRule(rule="class", model="base")) == [7]
     assert select_latents(a, SelectionRule(rule="all")) == [1, 2, 3, 4, 5, 6, 7]
-    with pytest.raises(CrosscoderUserError, match="base model"):
-        select_latents(a, SelectionRule(model="base"))
+    assert select_latents(a, SelectionRule(model="base")) == [7]  # the reverse ratios
+    assert select_latents(a, SelectionRule(model="base", delta_norm_min=0.99)) == []
     with pytest.raises(CrosscoderUserError, match="not in this analysis"):
         select_latents(a, SelectionRule(model="gpt"))
     assert SelectionRule.from_dict(SelectionRule(max_latents=3).to_dict()) == SelectionRule(max_latents=3)

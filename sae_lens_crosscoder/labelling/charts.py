@@ -42,7 +42,7 @@ def plot_shift(frame: pd.DataFrame, references: list[ReferenceValue], path: str 
         shown = max(lo_lim, min(hi_lim, value)) if math.isfinite(value) else hi_lim
         # an infinite change (absent from A) is drawn to the edge, faded, so it is not read as a value
         ax.barh(yi, shown, height=height, color="#3b75af", alpha=1.0 if math.isfinite(value) else 0.35,
-                label="measured" if i == 0 else None)
+                label="measured" if "measured" not in ax.get_legend_handles_labels()[1] else None)
         lo, hi = row.get("rel_change_lo", math.nan) * 100, row.get("rel_change_hi", math.nan) * 100
         if math.isfinite(value) and not math.isnan(lo) and not math.isnan(hi):
             lo_c, hi_c = max(lo_lim, lo), min(hi_lim, hi) if math.isfinite(hi) else hi_lim
@@ -76,7 +76,7 @@ def plot_shift(frame: pd.DataFrame, references: list[ReferenceValue], path: str 
     ax.set_xlabel(f"relative change of share, % ({defs.get('b', 'B')} vs {defs.get('a', 'A')}); "
                   f"bars {ci:.0%} bootstrap interval; (count A/count B)")
     ax.set_title(title or f"Category shift, share {defs.get('share', '')}", fontsize=10)
-    if refs:
+    if refs and ax.get_legend_handles_labels()[1]:
         ax.legend(loc="lower right", fontsize=8, title="hatched: secondary summaries", title_fontsize=7)
     fig.tight_layout()
     path = Path(path)

@@ -72,9 +72,9 @@ def label_analysis(
 
         name = provenance["set"]
         html = latents_by_category_html(frame, examples, taxonomy, name)
-        fragment = write_section(analysis.path, f"60_labels_{_slug(name)}", html)
+        fragment = write_section(analysis.path, f"60_labels_{slug(name)}", html)
     return LabelRun(out_path, len(chosen), n_labelled, n_failed, fragment)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z_-]+", "_", text).strip("_") or "labels"

@@ -1,12 +1,14 @@
 """Which latents of an analysis get labelled: the selection rules.
 
-- ``latent_scaling`` (the study's rule, Minder et al. 2025): latents exclusive to the
-  fine-tuned model by their Latent Scaling ratios, ``nu_error < nu_error_max`` and
+- ``latent_scaling`` (the study's rule, Minder et al. 2025): latents exclusive to a
+  model by their Latent Scaling ratios, ``nu_error < nu_error_max`` and
   ``nu_reconstruction < nu_reconstruction_max`` (defaults 0.2 and 0.5), optionally also
-  ``delta_norm >= delta_norm_min``. The ratios are base / fine-tuned, so this rule selects
-  the fine-tuned model's latents (the last model of a pair).
-- ``delta_norm``: ``delta_norm >= delta_norm_min`` (default 0.9) for the fine-tuned model,
-  ``<= 1 - delta_norm_min`` for the base model.
+  ``delta_norm >= delta_norm_min``. For the pair's second (fine-tuned) model the ratios
+  are ``nu_*``; for the first (base) model ``nu_*_reverse`` and ``delta_norm <= 1 - min``.
+  Recomputed here from the ratios, so it does not depend on the rule the analysis used for
+  its ``class`` column.
+- ``delta_norm``: ``delta_norm >= delta_norm_min`` (default 0.9) for the second model,
+  ``<= 1 - delta_norm_min`` for the first.
 - ``class``: the analysis's own ``class`` column equals ``only:<model>``.
 - ``all``: every latent.
 
@@ -107,17 +109,30 @@ class AnalysisDir:
         frame = self.latents() if frame is None else frame
         return [c[len("dec_norm_"):] for c in frame.columns if c.startswith("dec_norm_")]
 
+    def pair(self, frame: pd.DataFrame | None = None) -> tuple[str, str] | None:
+        """(first, second) of the compared pair: delta_norm 0 = first only, 1 = second only."""
+        pair = self.summary.get("pair")
+        if isinstance(pair, dict) and pair.get("first") and pair.get("second"):
+            return str(pair["first"]), str(pair["second"])
+        names = self.model_names(frame)
+        return (names[0], names[-1]) if len(names) >= 2 else None
+
 
 def select_latents(analysis: AnalysisDir, rule: SelectionRule) -> list[int]:
     """The latents a rule picks from an analysis, most exclusive first."""
     frame = analysis.latents()
     models = analysis.model_names(frame)
-    model = rule.model if rule.model is not None else (models[-1] if models else None)
+    pair = analysis.pair(frame)
     if rule.model is not None and models and rule.model not in models:
         raise CrosscoderUserError(
             f"model {rule.model!r} is not in this analysis (models: {', '.join(models)}); name one of them"
         )
-    is_base = bool(models) and model == models[0]
+    model = rule.model if rule.model is not None else (pair[1] if pair else None)
+    is_first = pair is not None and model == pair[0]
+    if pair is not None and model not in pair and rule.rule in ("latent_scaling", "delta_norm"):
+        raise CrosscoderUserError(
+            f"model {model!r} is not in the analysed pair {list(pair)}; the {rule.rule} rule compares the pair"
+        )
 
     if rule.rule == "all":
         picked = frame.sort_values("latent")
@@ -125,29 +140,27 @@ def select_latents(analysis: AnalysisDir, rule: SelectionRule) -> list[int]:
         if "class" not in frame.columns:
             raise CrosscoderUserError(f"{analysis.path}/latents.parquet has no 'class' column; use another rule")
         picked = frame[frame["class"] == f"only:{model}"]
-        if "nu_error" in picked.columns and picked["nu_error"].notna().any():
-            picked = picked.sort_values("nu_error", na_position="last")
+        order = "nu_error_reverse" if is_first else "nu_error"
+        if order in picked.columns and picked[order].notna().any():
+            picked = picked.sort_values(order, na_position="last")
     elif rule.rule == "latent_scaling":
-        if is_base:
-            raise CrosscoderUserError(
-                f"the latent_scaling rule selects fine-tuned-only latents (the ratios are base / fine-tuned); "
-                f"{model!r} is the base model: use --select delta_norm or class"
-            )
-        for col in ("nu_error", "nu_reconstruction"):
+        suffix = "_reverse" if is_first else ""
+        cols = (f"nu_error{suffix}", f"nu_reconstruction{suffix}")
+        for col in cols:
             if col not in frame.columns or frame[col].isna().all():
                 raise CrosscoderUserError(
                     f"{analysis.path}/latents.parquet has no {col} values; run the analysis with Latent Scaling "
                     "or use --select delta_norm"
                 )
-        mask = (frame["nu_error"] < rule.nu_error_max) & (frame["nu_reconstruction"] < rule.nu_reconstruction_max)
+        mask = (frame[cols[0]] < rule.nu_error_max) & (frame[cols[1]] < rule.nu_reconstruction_max)
         if rule.delta_norm_min is not None:
-            mask &= frame["delta_norm"] >= rule.delta_norm_min
-        picked = frame[mask].sort_values("nu_error")
+            mask &= frame["delta_norm"] <= 1 - rule.delta_norm_min if is_first else frame["delta_norm"] >= rule.delta_norm_min
+        picked = frame[mask].sort_values(cols[0])
     else:  # delta_norm
         if "delta_norm" not in frame.columns:
             raise CrosscoderUserError(f"{analysis.path}/latents.parquet has no delta_norm column; rerun the analysis")
         cut = rule.delta_norm_min if rule.delta_norm_min is not None else 0.9
-        if is_base:
+        if is_first:
             picked = frame[frame["delta_norm"] <= 1 - cut].sort_values("delta_norm")
         else:
             picked = frame[frame["delta_norm"] >= cut].sort_values("delta_norm", ascending=False)

@@ -37,6 +37,8 @@ class SyntheticLatent:
     nu_error: float = 1.0
     nu_reconstruction: float = 1.0
     delta_norm: float = 0.5
+    nu_error_reverse: float = 1.0  # the first model relative to the second
+    nu_reconstruction_reverse: float = 1.0
 
 
 def write_synthetic_analysis(out: str | Path, model_names: list[str], latents: list[SyntheticLatent]) -> Path:
@@ -53,14 +55,17 @@ def write_synthetic_analysis(out: str | Path, model_names: list[str], latents: l
             "latent": lat.latent,
             f"dec_norm_{model_names[0]}": 1.0 - dn, f"dec_norm_{model_names[-1]}": dn,
             "delta_norm": dn, "cos_sim": 0.0, "freq": 0.01, "max_act": 1.0,
-            "nu_error": lat.nu_error, "nu_reconstruction": lat.nu_reconstruction, "class": lat.klass,
+            "nu_error": lat.nu_error, "nu_reconstruction": lat.nu_reconstruction,
+            "nu_error_reverse": lat.nu_error_reverse, "nu_reconstruction_reverse": lat.nu_reconstruction_reverse,
+            "class": lat.klass,
         })
     pd.DataFrame(rows).to_parquet(out / "latents.parquet", index=False)
     counts: dict[str, int] = {}
     for lat in latents:
         counts[lat.klass] = counts.get(lat.klass, 0) + 1
-    (out / "summary.json").write_text(json.dumps({"model_names": model_names, "class_counts": counts,
-                                                  "synthetic": True}, indent=2))
+    summary = {"model_names": model_names, "pair": {"first": model_names[0], "second": model_names[-1]},
+               "class_counts": counts, "synthetic": True}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     items = []
     for lat in latents:
         parsed = [parse_example(t, s) for s, t in enumerate(lat.examples)]

@@ -231,8 +231,7 @@ def register_taxonomy(
             raise CrosscoderUserError(f"register_taxonomy({name!r}): give its categories")
         cats = tuple(c if isinstance(c, Category) else Category.from_dict(c) for c in categories)
         taxonomy = Taxonomy(name=name, categories=cats, description=description, other=other)
-    if taxonomy.name != "capabilities-v1":
-        _ensure_builtins()
+    _ensure_builtins()  # so a user's taxonomy never silently shadows a built-in of the same name
     existing = _TAXONOMIES.get(taxonomy.name)
     if existing is not None and existing != taxonomy and not overwrite:
         raise CrosscoderUserError(
