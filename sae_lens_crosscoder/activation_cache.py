@@ -6,6 +6,20 @@ and optionally ``tokens`` of shape ``[n_tokens]`` (the token id at each row). Sh
 read in file-name order. A ``cache.json`` manifest (model names, hook names, ...) is written
 by our writers and read when present, but not required.
 
+Caches written by ``sae-lens-crosscoder cache`` (caching.py) hold rows in stream order
+(the order the live paired store produces them, before shuffling; ``"order": "stream"``
+in the manifest) and, so a token's context can be rebuilt, two more per-shard tensors and
+one file:
+
+- ``sequence_ids [n_tokens]`` (int64): global index of the context window the row came from;
+- ``positions [n_tokens]`` (int64): the row's position in that window;
+- ``contexts/tokens.safetensors``: ``tokens [n_sequences, context_size]`` (int64), every
+  context window in full, excluded tokens (BOS, template tokens...) included, so
+  ``contexts[sequence_ids[i], positions[i]] == tokens[i]``.
+
+Their manifest also records model_names, hook_names, context_size, the datasets, the token
+budget and where to resume an interrupted write.
+
 Streaming is deterministic for a seed and resumable from a token position: each epoch
 shuffles fixed-size chunks of the shards, groups consecutive chunks into windows of
 ``shuffle_buffer_tokens`` and permutes the tokens inside each window. Only one window is in
@@ -158,9 +172,17 @@ class PairedCacheWriter:
         self.n_tokens_written = int(existing.get("n_tokens", 0))
         self._acts: list[torch.Tensor] = []
         self._tokens: list[torch.Tensor] = []
+        self._extras: dict[str, list[torch.Tensor]] = {}
         self._pending = 0
 
-    def add(self, activations: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        activations: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Append rows; `extras` are further per-row tensors (``[n]``) stored in each shard
+        under their names (e.g. ``sequence_ids``, ``positions``)."""
         if activations.shape[1:] != (self.n_models, self.d_model):
             raise CrosscoderUserError(
                 f"activations of shape {list(activations.shape)} do not match the cache's "
@@ -169,6 +191,8 @@ class PairedCacheWriter:
         self._acts.append(activations.detach().to("cpu", self.dtype))
         if tokens is not None:
             self._tokens.append(tokens.detach().to("cpu", torch.long).reshape(-1))
+        for key, value in (extras or {}).items():
+            self._extras.setdefault(key, []).append(value.detach().to("cpu").reshape(-1))
         self._pending += activations.shape[0]
         while self._pending >= self.shard_tokens:
             self._flush(self.shard_tokens)
@@ -183,9 +207,12 @@ class PairedCacheWriter:
         acts = torch.cat(self._acts)
         toks = torch.cat(self._tokens) if self._tokens else None
         name = f"shard_{len(self.shard_names):05d}.safetensors"
+        extras = {key: torch.cat(parts) for key, parts in self._extras.items()}
         tensors = {"activations": acts[:n].contiguous()}
         if toks is not None:
             tensors["tokens"] = toks[:n].contiguous()
+        for key, value in extras.items():
+            tensors[key] = value[:n].contiguous()
         tmp = self.path / f".{name}.tmp"
         save_file(tensors, str(tmp))
         os.replace(tmp, self.path / name)
@@ -193,6 +220,7 @@ class PairedCacheWriter:
         self.n_tokens_written += n
         self._acts = [acts[n:]] if acts.shape[0] > n else []
         self._tokens = [toks[n:]] if toks is not None and toks.shape[0] > n else []
+        self._extras = {key: [value[n:]] for key, value in extras.items() if value.shape[0] > n}
         self._pending -= n
         self._write_manifest(complete=False)
 

@@ -45,6 +45,10 @@ def build_data_provider(cfg: CrosscoderRunnerConfig) -> Any:
         cache = open_cache(cfg.cached_activations_path, cfg.model_names or None)
         if not cfg.model_names:
             cfg.model_names = list(cache.manifest.get("model_names") or [f"model{m}" for m in range(cache.n_models)])
+        shuffle_chunks = cfg.cache_shuffle_chunks
+        if shuffle_chunks is None:
+            # a cache in stream order (`cache`) is read as the live store serves it
+            shuffle_chunks = cache.manifest.get("order") != "stream"
         return CachedActivationProvider(
             cache,
             batch_size=cfg.train_batch_size_tokens,
@@ -52,6 +56,7 @@ def build_data_provider(cfg: CrosscoderRunnerConfig) -> Any:
             chunk_tokens=cfg.cache_chunk_tokens,
             seed=cfg.seed,
             device=cfg.device,
+            shuffle_chunks=shuffle_chunks,
         )
     if not cfg.model_names:
         raise CrosscoderUserError(
