@@ -109,6 +109,9 @@ class CrosscoderTrainer(SAETrainer[Any, Any]):
 
     # ---- metrics -----------------------------------------------------------------------
     def _train_step(self, sae: Any, sae_in: torch.Tensor) -> TrainStepOutput:
+        if self.n_training_steps == int(0.9 * self.cfg.total_training_steps):
+            # the final summary then describes the last 10 % of training, not its start
+            self.window.reset()
         output = super()._train_step(sae, sae_in)
         self.window.update(output)
         return output

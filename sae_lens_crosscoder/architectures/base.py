@@ -124,12 +124,12 @@ class CrosscoderMixin:
             "activation_scaling_factors",
             torch.ones(n_models, dtype=torch.float32, device=self.device),
         )
-        self.register_buffer(  # type: ignore[attr-defined]
-            "latent_sparsity_weights", self._sparsity_weights(), persistent=False
-        )
 
-    def _sparsity_weights(self) -> torch.Tensor:
-        weights = torch.ones(self.cfg.d_sae, dtype=torch.float32, device=self.device)
+    @property
+    def latent_sparsity_weights(self) -> torch.Tensor:
+        """c_j: shared_sparsity_coefficient for shared latents, 1 for the others. Built on
+        demand rather than stored, so loading through the meta device cannot strand it."""
+        weights = torch.ones(self.cfg.d_sae, dtype=torch.float32, device=self.W_dec.device)
         weights[: self.cfg.n_shared_latents] = self.cfg.shared_sparsity_coefficient
         return weights
 

@@ -46,16 +46,21 @@ class JumpReLUCrosscoderTrainingConfig(TrainingSAEConfig, CrosscoderFields):
     """sparsity_loss_mode "tanh": sum_j c_j tanh(tanh_scale * f_j * sum_m ||d_j^m||);
     "l0": sum_j c_j 1[pre_j > theta_j] (straight-through). Both times l0_coefficient, which
     warms up linearly over l0_warm_up_steps. pre_act_loss_coefficient enables Anthropic's
-    pre-activation loss on dead latents."""
+    pre-activation loss on dead latents.
 
-    jumprelu_init_threshold: float = 0.01
-    jumprelu_bandwidth: float = 0.05
+    Defaults follow Anthropic's JumpReLU crosscoder recipe (Jan 2025): tanh penalty with
+    c = 4, bandwidth 2, threshold 0.1, straight-through gradient to the input, pre-act loss
+    3e-6. In the normalised space the squared error of a token is ~d_in, so the runner
+    scales l0_coefficient with d_in."""
+
+    jumprelu_init_threshold: float = 0.1
+    jumprelu_bandwidth: float = 2.0
     sparsity_loss_mode: Literal["tanh", "l0"] = "tanh"
     l0_coefficient: float = 1.0
     l0_warm_up_steps: int = 0
     tanh_scale: float = 4.0
-    pre_act_loss_coefficient: float | None = None
-    jumprelu_ste_to_input: bool = False
+    pre_act_loss_coefficient: float | None = 3e-6
+    jumprelu_ste_to_input: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
