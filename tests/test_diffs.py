@@ -280,3 +280,38 @@ def test_diff_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkey
     assert labels.attrs["provenance"]["labeller"]["threshold"] == 0.5
     assert main(["diff", "toy-cli", "--out", str(tmp_path / "toy")]) == 0
     assert "ran" not in capsys.readouterr().out.replace("(artifacts exist)", "")
+
+
+def test_chain_with_the_real_training_and_analysis(tmp_path: Path) -> None:
+    """The default steps on two tiny synthetic caches: runner.train, then the analysis
+    package's analyze and report builder, then labelling, shift and report."""
+    pytest.importorskip("sae_lens_crosscoder.analysis.pipeline")
+    from sae_lens_crosscoder.synthetic import PairedSyntheticSource, planted_paired_features, write_synthetic_cache
+
+    def cc(ft: str, seed: int) -> CrosscoderSpec:
+        src = PairedSyntheticSource(planted_paired_features(d_model=8, n_shared=4, n_exclusive=2, seed=seed), seed=seed)
+        write_synthetic_cache(tmp_path / f"cache-{ft}", src, 4096, shard_tokens=4096, model_names=["base", ft])
+        return CrosscoderSpec(
+            f"base-{ft}",
+            config={"model_names": ["base", ft], "d_sae": 16, "k": 2, "cached_activations_path": str(tmp_path / f"cache-{ft}"),
+                    "training_tokens": 2048, "train_batch_size_tokens": 256, "cache_chunk_tokens": 256,
+                    "cache_shuffle_buffer_tokens": 1024, "n_batches_for_norm_estimate": 2},
+            analysis={"rule": "latent_scaling", "n_tokens": 1024, "batch_tokens": 512, "ce_eval_tokens": 0,
+                      "progress": False})
+
+    every = {"rule": "all", "max_latents": 5}  # tiny crosscoders have no reliably exclusive latents
+    diff = register_diff("toy-real", description="real steps", models={}, crosscoders=[cc("ft1", 0), cc("ft2", 1)],
+                         set_a={"name": "ft1-set", "crosscoder": "base-ft1", "model": "ft1", "selection": every},
+                         set_b={"name": "ft2-set", "crosscoder": "base-ft2", "model": "ft2", "selection": every},
+                         labeller={"kind": "rules"}, n_bootstrap=50, overwrite=True)
+    run = run_diff(diff, root=tmp_path / "run")
+    assert set(statuses(run).values()) == {"ran"}
+    for ft in ("ft1", "ft2"):
+        analysis = tmp_path / "run" / f"base-{ft}" / "analysis"
+        assert pipeline.training_done(tmp_path / "run" / f"base-{ft}" / "crosscoder") and pipeline.analysis_done(analysis)
+        assert read_labels(analysis / f"labels_{ft}-set.parquet")["latent"].nunique() == 5
+        report = (analysis / "report.html").read_text()
+        assert "Category shift" in report and f"Latents by category: {ft}-set" in report
+    shift = pipeline.shift_of(run)
+    assert shift["n_a"].iloc[0] + shift.attrs["definitions"]["n_failed_a"] == 5
+    assert set(statuses(run_diff(diff, root=tmp_path / "run")).values()) == {"skipped"}

@@ -177,3 +177,34 @@ def test_write_and_read_back(tmp_path: Path) -> None:
     assert back.set_index("category").loc["math", "rel_change"] == math.inf
     assert back.set_index("category").loc["a", "share_b"] == pytest.approx(0.6)
     assert back_refs[0].value == 151.7 and back.attrs["definitions"]["a"] == "it"
+
+
+def test_shift_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sae_lens_crosscoder.cli import main
+    from sae_lens_crosscoder.labelling.labels import write_labels
+    from sae_lens_crosscoder.labelling.synthetic import SyntheticLatent, write_synthetic_analysis
+
+    prov = {"taxonomy": "capabilities-v1"}
+    it = [Label(1, "instruction_following", 1.0, "t", **prov), Label(2, "math", 1.0, "t", **prov),
+          Label(3, "safety", 1.0, "t", **prov), Label(4, "other", 1.0, "t", **prov)]
+    simpo = [Label(7, "instruction_following", 1.0, "t", **prov), Label(8, "instruction_following", 1.0, "t", **prov),
+             Label(9, "safety", 0.5, "t", **prov)]
+    write_labels(tmp_path / "it" / "labels.parquet", it, {"set": "it-only"})
+    write_labels(tmp_path / "simpo.parquet", simpo, {"set": "SimPO-only"})
+    analysis = write_synthetic_analysis(tmp_path / "analysis", ["pt", "simpo"], [SyntheticLatent(7, ["a *b*"])])
+    out = tmp_path / "shift"
+    assert main(["shift", "--a", str(tmp_path / "it"), "--b", str(tmp_path / "simpo.parquet"), "--out", str(out),
+                 "--diff", "gemma2-9b-it-vs-simpo", "--n-bootstrap", "100", "--report-into", str(analysis)]) == 0
+    printed = capsys.readouterr().out
+    assert "SimPO-only vs it-only (share per_latent, n = 3 vs 4)" in printed
+    frame, refs = read_shift(out)
+    r = frame.set_index("category").loc["instruction_following"]
+    assert (r.count_a, r.count_b) == (1, 2) and r.rel_change == pytest.approx((2 / 3 - 1 / 4) / (1 / 4))
+    assert any(ref.category == "instruction_following" and ref.value == 151.7 for ref in refs)
+    assert (analysis / "report_sections" / "50_category_shift.html").read_text().count("151.7") >= 1
+
+    write_labels(tmp_path / "other_tax.parquet", [Label(1, "a", 1.0, "t", taxonomy="toy")])
+    assert main(["shift", "--a", str(tmp_path / "it"), "--b", str(tmp_path / "other_tax.parquet")]) == 2
+    assert "pass --taxonomy" in capsys.readouterr().err
+    assert main(["shift", "--a", str(tmp_path / "nope"), "--b", str(tmp_path / "simpo.parquet")]) == 2
+    assert "no labels table" in capsys.readouterr().err
