@@ -315,3 +315,33 @@ def test_chain_with_the_real_training_and_analysis(tmp_path: Path) -> None:
     shift = pipeline.shift_of(run)
     assert shift["n_a"].iloc[0] + shift.attrs["definitions"]["n_failed_a"] == 5
     assert set(statuses(run_diff(diff, root=tmp_path / "run")).values()) == {"skipped"}
+
+
+def test_chain_caches_from_live_models(tiny_gemma2_pair: Any, text_jsonl: Path, tmp_path: Path) -> None:
+    """cache=True on the tiny Gemma-2 pair: the real cache step (live models), training
+    from the cache, the analysis with decoded tokens, then labels whose examples are text."""
+    pytest.importorskip("sae_lens_crosscoder.analysis.pipeline")
+    spec = CrosscoderSpec(
+        "tiny", cache=True,
+        config=dict(architecture="batchtopk_crosscoder", d_sae=32, k=4, model_names=tiny_gemma2_pair.names,
+                    hook_name="blocks.1.hook_resid_post", dataset_path=str(text_jsonl), context_size=32,
+                    store_batch_size_prompts=4, train_batch_size_tokens=64, training_tokens=64 * 8,
+                    cache_token_budget=1024, cache_shuffle_buffer_tokens=256, cache_chunk_tokens=128,
+                    cache_shard_tokens=512, n_batches_for_norm_estimate=2, seed=7),
+        analysis={"n_tokens": 512, "batch_tokens": 256, "ce_eval_tokens": 0, "progress": False})
+    every = {"rule": "all", "max_latents": 4}
+    ft = tiny_gemma2_pair.names[1]
+    diff = register_diff("toy-live", description="live", models={}, crosscoders=[spec],
+                         set_a={"name": "first", "crosscoder": "tiny", "model": ft, "selection": every},
+                         set_b={"name": "second", "crosscoder": "tiny", "model": ft,
+                                "selection": {**every, "max_latents": 8}},
+                         labeller={"kind": "rules"}, n_bootstrap=20, overwrite=True)
+    run = run_diff(diff, root=tmp_path)
+    assert [r.step for r in run.records if r.status == "ran"] == ["cache", "train", "analyze", "label", "label",
+                                                                  "shift", "report"]
+    assert pipeline.cache_done(tmp_path / "tiny" / "cache")
+    from sae_lens_crosscoder.labelling.examples import read_examples
+
+    examples = read_examples(tmp_path / "tiny" / "analysis" / "examples.jsonl")
+    words = {t.strip().lower() for ex in examples.values() for e in ex.top for t in e.tokens}
+    assert words & {"the", "cat", "dog", "runs", "and"}  # decoded text, not ids

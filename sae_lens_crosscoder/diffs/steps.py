@@ -5,12 +5,15 @@ object, so tests (and users with their own infrastructure) can swap any of them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,10 +53,25 @@ def analyze_step(crosscoder_dir: Path, out_dir: Path, cfg: Any, options: dict[st
         ) from None
     analysis_cfg = AnalysisConfig.from_dict(dict(options))
     if cfg.cached_activations_path:
-        return analyze(crosscoder_dir, out_dir, analysis_cfg, activations=cfg.cached_activations_path)
+        # the cache manifest names no tokenizer the analysis can load, so examples would be
+        # token ids; the models the diff names share one, and labelling needs the text
+        return analyze(crosscoder_dir, out_dir, analysis_cfg, activations=cfg.cached_activations_path,
+                       tokenizer=_tokenizer(cfg))
     from sae_lens_crosscoder.analysis.sources import LiveSource, open_live_store
 
     return analyze(crosscoder_dir, out_dir, analysis_cfg, source=LiveSource(open_live_store(cfg), cfg.model_names))
+
+
+def _tokenizer(cfg: Any) -> Any:
+    if not cfg.model_names:
+        return None
+    try:
+        from sae_lens_crosscoder.loading import load_tokenizer
+
+        return load_tokenizer(cfg.model_names[0])
+    except (ImportError, CrosscoderUserError) as exc:
+        logger.warning("examples will show token ids: no tokenizer for %s (%s)", cfg.model_names[0], exc)
+        return None
 
 
 def default_steps() -> Steps:
