@@ -239,6 +239,18 @@ def test_chain_reruns_what_depends_on_a_change(tmp_path: Path) -> None:
     assert len(fake.calls) == 6 and set(statuses(run).values()) == {"ran"}
 
 
+def test_labeller_settings_fail_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("OPENAI_MODEL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    fake = FakeSteps()
+    with pytest.raises(CrosscoderUserError, match="no LLM model given"):
+        run_diff(toy_diff(), root=tmp_path, steps=fake.steps(), labeller=LabellerSpec("llm"))
+    assert fake.calls == []
+    # planning builds no labeller
+    run = run_diff(toy_diff(), root=tmp_path, steps=fake.steps(), labeller=LabellerSpec("llm"), dry_run=True)
+    assert statuses(run)[("label", "ft1-only")] == "would run" and fake.calls == []
+
+
 def test_dry_run_runs_nothing(tmp_path: Path) -> None:
     fake = FakeSteps()
     run = run_diff(toy_diff(), root=tmp_path, steps=fake.steps(), dry_run=True)

@@ -198,8 +198,21 @@ def run_diff(
     share, weight = share or diff.share, weight or diff.weight
     n_bootstrap = diff.n_bootstrap if n_bootstrap is None else n_bootstrap
     plan = _Planner(force, redo, dry_run)
+    made: list[Labeller] = []
+
+    def get_labeller() -> Labeller:
+        from sae_lens_crosscoder.labelling.options import make_labeller
+
+        if not made:  # built once, and only when labelling runs: an LLM labeller needs its settings then
+            made.append(make_labeller(labeller_spec.kind, labeller_spec.options))
+        return made[0]
 
     if not dry_run:
+        preview = run_diff(diff, root=layout.root, force=force, redo=redo, steps=steps, labeller=labeller_spec,
+                           config_overrides=config_overrides, share=share, weight=weight, n_bootstrap=n_bootstrap,
+                           dry_run=True)
+        if any(r.step == "label" and r.status == "would run" for r in preview.records):
+            get_labeller()  # a missing API key or model fails now, not after hours of training
         layout.root.mkdir(parents=True, exist_ok=True)
         _write_json(layout.root / "diff.json", {"diff": diff.to_dict(),
                                                 "run_configs": {k: v.to_dict() for k, v in configs.items()}})
@@ -223,15 +236,6 @@ def run_diff(
         crosscoder_ran[spec.name] = upstream
 
     # ---- per latent set: label -------------------------------------------------------------
-    made: list[Labeller] = []
-
-    def get_labeller() -> Labeller:
-        from sae_lens_crosscoder.labelling.options import make_labeller
-
-        if not made:  # built once, lazily: an LLM labeller needs its server only when labelling runs
-            made.append(make_labeller(labeller_spec.kind, labeller_spec.options))
-        return made[0]
-
     def label(side: LatentSetSpec) -> None:
         from sae_lens_crosscoder.labelling.run import label_analysis
 

@@ -17,6 +17,7 @@ out becomes a ``failed`` row with the reason. Authentication or not-found errors
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -218,7 +219,7 @@ class LLMLabeller(Labeller):
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 if retry_after and retry_after.strip().isdigit():
                     wait_s = min(s.max_backoff_s, float(retry_after))
-            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
+            except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = "timeout" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else f"{reason}"
             else:
