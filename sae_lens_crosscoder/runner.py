@@ -279,16 +279,23 @@ def train(cfg: CrosscoderRunnerConfig, resume: bool = False, data_provider: Any 
     wandb_id = None
     if checkpoint is not None:
         wandb_id = json.loads((checkpoint / "data_state.json").read_text()).get("wandb_id")
+    owns_wandb_run = False
     if cfg.log_to_wandb:
-        run = wandb.init(
-            project=cfg.wandb_project,
-            entity=cfg.wandb_entity,
-            name=cfg.run_name,
-            tags=cfg.wandb_tags or None,
-            config=cfg.to_dict(),
-            id=wandb_id,
-            resume="allow" if wandb_id else None,
-        )
+        if wandb.run is not None:
+            # started by the caller (a sweep agent, sweep.py): log into it, leave it open
+            run = wandb.run
+            run.config.update(cfg.to_dict(), allow_val_change=True)
+        else:
+            run = wandb.init(
+                project=cfg.wandb_project,
+                entity=cfg.wandb_entity,
+                name=cfg.run_name,
+                tags=cfg.wandb_tags or None,
+                config=cfg.to_dict(),
+                id=wandb_id,
+                resume="allow" if wandb_id else None,
+            )
+            owns_wandb_run = True
         wandb_id = run.id
 
     trainer = CrosscoderTrainer(
@@ -339,7 +346,7 @@ def train(cfg: CrosscoderRunnerConfig, resume: bool = False, data_provider: Any 
     if isinstance(sae, CrosscoderMixin):
         summary["activation_scaling_factors"] = sae.activation_scaling_factors.tolist()
     save_final(sae, cfg, summary)
-    if cfg.log_to_wandb and wandb.run is not None:
+    if owns_wandb_run and wandb.run is not None:
         wandb.finish()
     return TrainingResult(Path(cfg.output_path), sae, summary)
 

@@ -14,7 +14,10 @@ crosscoder always takes and returns *raw* activations.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, replace
+from pathlib import PurePath
 from typing import Any
 
 import torch
@@ -215,7 +218,14 @@ class CrosscoderMixin:
 
     def get_name(self) -> str:
         names = self.cfg.metadata.get("model_names") or [f"model{m}" for m in range(self.n_models)]
-        return f"crosscoder_{'_vs_'.join(str(n) for n in names)}_{self.cfg.d_sae}"
+        name = f"crosscoder_{'_vs_'.join(_short_model_name(str(n)) for n in names)}_{self.cfg.d_sae}"
+        # SAELens logs checkpoints to W&B as artifacts of this name (with "/" as "__"),
+        # which allow [A-Za-z0-9._-] and at most 128 characters
+        name = re.sub(r"[^A-Za-z0-9._/-]", "_", name)
+        if len(name.replace("/", "__")) > 120:
+            digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+            name = name.replace("/", "__")[:111] + "_" + digest
+        return name
 
     @torch.no_grad()
     def log_histograms(self) -> dict[str, Any]:
@@ -307,3 +317,8 @@ def per_model_metrics(x: torch.Tensor, recon: torch.Tensor, n_models: int) -> di
         out[f"mse_model{m}"] = sq_err[m].item()
         out[f"fve_model{m}"] = (1 - sq_err[m] / variance[m]).item()
     return out
+
+
+def _short_model_name(name: str) -> str:
+    # a local checkpoint is named by its folder, not its whole path
+    return PurePath(name).name if name.startswith(("/", ".", "~")) else name
