@@ -18,7 +18,7 @@ import pytest
 from sae_lens_crosscoder.errors import CrosscoderUserError
 from sae_lens_crosscoder.labelling.examples import Example, LatentExamples, QuantileBin
 from sae_lens_crosscoder.labelling.llm import LLMLabeller, LLMSettings, RateLimiter
-from sae_lens_crosscoder.labelling.prompts import build_messages, parse_answer, AnswerError
+from sae_lens_crosscoder.labelling.prompts import AnswerError, PromptSettings, build_messages, parse_answer, render_example
 from sae_lens_crosscoder.labelling.taxonomy import get_taxonomy
 
 
@@ -207,6 +207,10 @@ def test_prompt_marks_active_tokens_and_lists_taxonomy() -> None:
     messages = build_messages(latent(7, "hello world"), tax)
     user = messages[-1]["content"]
     assert "The user <<said>> <<zqmark7>> <<hello>> <<world>>" in user
+    strong_only = build_messages(latent(7, "hello world"), tax, PromptSettings(mark_fraction=0.6))[-1]["content"]
+    assert "The user said <<zqmark7>> hello world" in strong_only
+    spaced = Example(["a", " ", "b"], [0.0, 1.0, 0.0], center=1, value=1.0)
+    assert render_example(spaced, PromptSettings()).endswith("a<< >>b")
     assert "(peak 2.00 on 'zqmark7')" in user
     assert "Examples with activation between 0.10 and 0.60" in user
     assert "- code_generation (code generation) [part of technical]:" in user

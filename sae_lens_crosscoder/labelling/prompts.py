@@ -22,7 +22,7 @@ from sae_lens_crosscoder.labelling.examples import Example, LatentExamples, toke
 from sae_lens_crosscoder.labelling.taxonomy import Taxonomy
 
 # Bumped whenever the prompt text changes, so cached answers to an older prompt are not reused.
-PROMPT_VERSION = "capabilities-prompt-v1"
+PROMPT_VERSION = "capabilities-prompt-v2"
 
 SYSTEM = (
     "You are an interpretability researcher. You label latents (features) of a sparse dictionary trained on a "
@@ -43,6 +43,7 @@ class PromptSettings:
     n_per_quantile: int = 2
     window_before: int = 24
     window_after: int = 8
+    mark_fraction: float = 0.0  # mark tokens with activation > this fraction of the example's peak (0: all active)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,12 +52,16 @@ class PromptSettings:
 def render_example(example: Example, settings: PromptSettings) -> str:
     start = max(0, example.center - settings.window_before)
     stop = min(len(example.tokens), example.center + settings.window_after + 1)
+    cut = max(0.0, settings.mark_fraction * example.value)
     parts = []
     for i in range(start, stop):
         text = token_text(example.tokens[i])
-        if example.acts[i] > 0:
-            lead = text[: len(text) - len(text.lstrip())]  # keep the space outside the marks
-            text = f"{lead}<<{text.lstrip()}>>"
+        if example.acts[i] > cut:
+            body = text.lstrip()
+            if body:  # keep a leading space outside the marks, so words stay readable
+                text = f"{text[: len(text) - len(body)]}<<{body}>>"
+            else:
+                text = f"<<{text}>>"
         parts.append(text)
     body = "".join(parts).replace("\n", "\\n")
     peak = token_text(example.tokens[example.center]).strip() if example.tokens else ""
