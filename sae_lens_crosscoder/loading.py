@@ -375,9 +375,7 @@ def check_hooks(names: Sequence[str], models: Sequence[HookedTransformer], hook_
     widths = []
     for name, model, hook in zip(names, models, hook_names):
         if hook not in model.hook_dict:
-            close = difflib.get_close_matches(hook, list(model.hook_dict), n=1, cutoff=0.0)
-            hint = f"; the nearest valid name is {close[0]!r}" if close else ""
-            raise CrosscoderUserError(f"model {name!r} has no hook {hook!r}{hint}")
+            raise CrosscoderUserError(f"model {name!r} has no hook {hook!r}{_nearest_hook_hint(model, hook)}")
         widths.append(hook_width(model, hook))
     for name, hook, width in zip(names[1:], hook_names[1:], widths[1:]):
         if width != widths[0]:
@@ -386,6 +384,18 @@ def check_hooks(names: Sequence[str], models: Sequence[HookedTransformer], hook_
                 f"{widths[0]} at {hook_names[0]!r}; a crosscoder needs one width for all models"
             )
     return widths[0]
+
+
+def _nearest_hook_hint(model: HookedTransformer, hook: str) -> str:
+    match = _BLOCK_RE.match(hook)
+    n_layers = model.cfg.n_layers
+    if match and int(match.group(1)) >= n_layers:
+        # a layer past the end: the same hook on the last layer, not the closest spelling
+        last = f"blocks.{n_layers - 1}.{hook[match.end():]}"
+        if last in model.hook_dict:
+            return f" (it has {n_layers} layers, 0-{n_layers - 1}); the nearest valid name is {last!r}"
+    close = difflib.get_close_matches(hook, list(model.hook_dict), n=1, cutoff=0.0)
+    return f"; the nearest valid name is {close[0]!r}" if close else ""
 
 
 @torch.no_grad()

@@ -106,7 +106,8 @@ def test_cli_missing_hook_names_nearest_valid(live_config, tmp_path, capsys):
 def test_hook_past_the_last_layer_is_missing(live_config, tmp_path, capsys):
     path = write_config(tmp_path / "cfg.yaml", live_config(hook_name="blocks.5.hook_resid_post"))
     code, err = run_cli(["train", str(path)], capsys)
-    assert code == 2 and "no hook" in err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "(it has 2 layers, 0-1); the nearest valid name is 'blocks.1.hook_resid_post'" in err
 
 
 def test_fine_tune_into_wrong_official_architecture_fails_before_weights(tiny_gemma2_pair):

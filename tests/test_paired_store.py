@@ -208,3 +208,48 @@ def test_bad_dataset_path_and_column(live_config, tmp_path, text_jsonl):
 def test_context_longer_than_the_models_fails(live_config, tiny_pair_models):
     with pytest.raises(CrosscoderUserError, match="exceeds"):
         make_store(live_config, tiny_pair_models, context_size=512)
+
+
+def test_bfloat16_models_serve_float32_batches_of_their_activations(live_config, tiny_gemma2_pair):
+    cfg = live_config(model_dtype="bfloat16")
+    store = build_live_provider(cfg)
+    assert all(next(m.parameters()).dtype == torch.bfloat16 for m in store.models)
+    block = next(store.iter_row_blocks())
+    assert block.activations.dtype == torch.bfloat16
+    hook = store.models[1].run_with_cache(block.contexts)[1]["blocks.1.hook_resid_post"]
+    assert torch.equal(block.activations[:, 1], hook[store.token_mask(block.contexts)])
+    batch = next(store)
+    assert batch.dtype == torch.float32 and batch.shape == (64, 64)
+
+
+@pytest.mark.parametrize("name", ["gemma2-9b-pt-vs-simpo", "gemma2-9b-pt-vs-it"])
+def test_gemma_presets_describe_a_valid_live_run(name):
+    from sae_lens_crosscoder.data_sources import source_specs
+    from sae_lens_crosscoder.loading import model_architectures, model_devices, model_hook_names
+    from sae_lens_crosscoder.paired_store import validate_live_config
+    from sae_lens_crosscoder.presets import load_preset
+
+    cfg = load_preset(name)
+    validate_live_config(cfg)  # buffer sizing, hooks, devices, dtype
+    assert model_hook_names(cfg) == ["blocks.20.hook_resid_post"] * 2
+    assert model_devices(cfg) == ["cuda:0", "cuda:1"] and cfg.model_dtype == "bfloat16"
+    assert cfg.context_size == 1024 and cfg.expansion_factor == 32 and cfg.k == 100
+    specs = source_specs(cfg)
+    assert [s.weight for s in specs] == [0.5, 0.5] and [bool(s.chat) for s in specs] == [False, True]
+    archs = model_architectures(cfg)
+    assert cfg.model_names[0] == "google/gemma-2-9b" and archs[0] is None
+    if name.endswith("simpo"):
+        assert cfg.model_names[1] == "princeton-nlp/gemma-2-9b-it-SimPO" and archs[1] == "google/gemma-2-9b-it"
+    else:
+        assert cfg.model_names[1] == "google/gemma-2-9b-it"
+
+
+def test_gemma2_9b_hook_checks_run_without_weights():
+    # the pre-load check builds a weightless 9B skeleton from TransformerLens's config
+    from sae_lens_crosscoder.loading import check_hooks, skeleton_model
+
+    skeletons = [skeleton_model("google/gemma-2-9b"), skeleton_model("princeton-nlp/gemma-2-9b-it-SimPO", "google/gemma-2-9b-it")]
+    assert all(s is not None for s in skeletons)
+    assert check_hooks(["pt", "simpo"], skeletons, ["blocks.20.hook_resid_post"] * 2) == 3584
+    with pytest.raises(CrosscoderUserError, match="nearest valid name is 'blocks.41.hook_resid_post'"):
+        check_hooks(["pt", "simpo"], skeletons, ["blocks.42.hook_resid_post"] * 2)
