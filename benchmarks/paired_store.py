@@ -135,7 +135,9 @@ def main() -> None:
         "store_tokens_per_s": round(statistics.median(store_rates), 1),
         "raw_tokens_per_s": round(statistics.median(raw_rates), 1),
         "ratio": round(statistics.median(ratios), 3),
-        "served_tokens_per_s": round(statistics.median(s / t for s, t in zip(served, store_times)), 1),
+        # over all rounds: a round's rows may come from the previous round's forwards
+        "served_tokens_per_s": round(sum(served) / sum(store_times), 1),
+        "served_fraction": round(sum(served) / sum(forwarded), 3),
         "ratio_per_round": [round(r, 3) for r in ratios],
         "peak_rss_mb": round(peak_rss_mb, 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
