@@ -183,6 +183,8 @@ def test_config_round_trips() -> None:
         ("plain_sae", "not a crosscoder"),
         ("unknown_pair", "unknown model 'sft' in --pair"),
         ("bad_threshold", "rule"),
+        ("bad_latents", "example latents [99] are out of range"),
+        ("missing_cache", "does not exist"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str) -> None:
@@ -203,6 +205,10 @@ def test_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixtu
         argv += ["--pair", "base,sft"]
     if case == "bad_threshold":
         argv += ["--rule", "delta"]
+    if case == "bad_latents":
+        argv += ["--example-latents", "3,99"]
+    if case == "missing_cache":
+        argv[4] = str(tmp_path / "no_cache")
     with pytest.raises(SystemExit) if case == "bad_threshold" else _no_raise():
         code = main(argv)
         assert code == 2
@@ -257,3 +263,15 @@ def test_analyze_with_a_run_config_runs_the_models(live_config, tmp_path: Path, 
     assert tokens and not any(t.startswith("[") and t.endswith("]") for t in tokens)
     centers = [e["tokens"][e["center"]] for r in records for e in r["top"]]
     assert "<bos>" not in centers  # excluded tokens are context, never examples
+
+
+def test_nan_activations_stop_the_pass(tmp_path: Path) -> None:
+    acts = torch.randn(6, 5, 2, 4)
+    acts[4, 2, 1, 3] = float("nan")
+    write_sequence_cache(tmp_path / "cache", acts, torch.zeros(6, 5, dtype=torch.long),
+                         torch.ones(6, 5, dtype=torch.bool), shard_tokens=50)
+    from sae_lens_crosscoder.errors import DataError
+
+    with pytest.raises(DataError, match="NaN or inf"):
+        analyze(random_crosscoder(2, 4), tmp_path / "out", AnalysisConfig(batch_tokens=8, progress=False),
+                activations=tmp_path / "cache", make_report=False)

@@ -27,7 +27,7 @@ from sae_lens_crosscoder.analysis.latent_scaling import LatentScalingAccumulator
 from sae_lens_crosscoder.analysis.latent_table import OTHER, SHARED, build_latent_table, classify, only
 from sae_lens_crosscoder.analysis.sources import ActivationSource, CacheSource
 from sae_lens_crosscoder.architectures.base import CrosscoderMixin
-from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.errors import CrosscoderUserError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,11 @@ class AnalysisPass:
             self.splice.update(splice_evals(cc, models, hook_names, batch.token_batch, batch.token_mask, acts))
 
     def _bookkeeping(self, batch: Any, x: torch.Tensor, f: torch.Tensor, recon: torch.Tensor) -> None:
+        if not bool(torch.isfinite(x.sum())):  # one reduction: NaN and inf propagate into the sum
+            raise DataError(
+                f"NaN or inf in the activations within {x.shape[0]} rows after token {self.n_tokens} of the "
+                "stream; regenerate that part of the cache (or check the models' dtype)"
+            )
         x_norm = (x.flatten(1) * self.scale).unflatten(-1, (self.n_models, self.d_model))
         core = batch.core.to(self.device)
         all_core = bool(core.all())
@@ -209,6 +214,11 @@ def analyze(
         source.tokenizer = tokenizer
     if isinstance(source, CacheSource):
         check_compatible(crosscoder, source.n_models, source.d_model, f"the cache {source.path}")
+    bad = [j for j in cfg.example_latents or [] if not 0 <= j < crosscoder.cfg.d_sae]
+    if bad:
+        raise CrosscoderUserError(
+            f"example latents {bad[:5]} are out of range: the crosscoder has latents 0..{crosscoder.cfg.d_sae - 1}"
+        )
     names = resolve_model_names(crosscoder, source)
     pair = resolve_pair(list(cfg.pair), names)
     first, second = names[pair[0]], names[pair[1]]

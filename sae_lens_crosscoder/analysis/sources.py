@@ -150,10 +150,6 @@ class CacheSource:
             rows = self.read_rows(read_lo, read_hi)
             index = torch.arange(read_lo, read_hi)
             core = (index >= lo) & (index < hi)
-            if not torch.isfinite(rows["acts"][core]).all():
-                raise CrosscoderUserError(
-                    f"NaN or inf in the cache's activations between rows {lo} and {hi}; regenerate that shard"
-                )
             yield SourceBatch(
                 acts=rows["acts"],
                 valid=torch.ones_like(core),
