@@ -145,28 +145,27 @@ def _example_line(example: dict[str, Any], scale: float) -> str:
 def _card(row: pd.Series, record: dict[str, Any] | None, names: list[str], pair: dict[str, Any]) -> str:
     cls = str(row["class"])
     badge = "only" if cls.startswith("only:") else cls
-    attrs = {
-        "class": cls,
-        "latent": int(row["latent"]),
-        "freq": row["freq"],
-        "delta_norm": row["delta_norm"],
-        "nu_error": row["nu_error"],
-        "nu_reconstruction": row["nu_reconstruction"],
-        "max_act": row["max_act"],
-    }
+    attrs: dict[str, Any] = {"class": cls, "latent": int(row["latent"])}
+    for key in ("freq", "delta_norm", "nu_error", "nu_reconstruction", "max_act"):
+        attrs[key] = row[key] if key in row.index else float("nan")
     data = " ".join(f'data-{k}="{html.escape(_attr(v))}"' for k, v in attrs.items())
-    norms = "".join(f"<span>‖d‖ {html.escape(n)}: {fmt(float(row[f'dec_norm_{n}']))}</span>" for n in names)
+    def value(column: str) -> float | None:
+        # tables written by other tools may lack some columns
+        return float(row[column]) if column in row.index else None
+
+    norms = "".join(f"<span>‖d‖ {html.escape(n)}: {fmt(value(f'dec_norm_{n}'))}</span>" for n in names
+                    if f"dec_norm_{n}" in row.index)
     stats = (
-        f"{norms}<span>Δnorm {fmt(float(row['delta_norm']))}</span><span>cos {fmt(float(row['cos_sim']))}</span>"
-        f"<span>freq {fmt(float(row['freq']))}</span><span>max {fmt(float(row['max_act']))}</span>"
-        f"<span>ν<sup>ε</sup> {fmt(float(row['nu_error']))}</span>"
-        f"<span>ν<sup>r</sup> {fmt(float(row['nu_reconstruction']))}</span>"
-        f"<span>reverse ν<sup>ε</sup>/ν<sup>r</sup> {fmt(float(row['nu_error_reverse']))} / "
-        f"{fmt(float(row['nu_reconstruction_reverse']))}</span>"
+        f"{norms}<span>Δnorm {fmt(value('delta_norm'))}</span><span>cos {fmt(value('cos_sim'))}</span>"
+        f"<span>freq {fmt(value('freq'))}</span><span>max {fmt(value('max_act'))}</span>"
+        f"<span>ν<sup>ε</sup> {fmt(value('nu_error'))}</span>"
+        f"<span>ν<sup>r</sup> {fmt(value('nu_reconstruction'))}</span>"
+        f"<span>reverse ν<sup>ε</sup>/ν<sup>r</sup> {fmt(value('nu_error_reverse'))} / "
+        f"{fmt(value('nu_reconstruction_reverse'))}</span>"
     )
     body = ""
     if record is not None:
-        scale = float(row["max_act"]) or 1.0
+        scale = float(row["max_act"]) if "max_act" in row.index and float(row["max_act"]) > 0 else 1.0
         top = "".join(_example_line(e, scale) for e in record.get("top", []))
         body += f'<div class="top">{top or "<em>no examples</em>"}</div>'
         quantiles = record.get("quantiles", [])
