@@ -48,25 +48,27 @@ def write_plots(table: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> 
     ax.set_title(f"Δnorm of {len(alive)} live latents ({len(table) - len(alive)} dead not shown)")
     files.append(_save(fig, out_dir / DELTA_NORM_PNG))
 
-    fig, ax = plt.subplots(figsize=(6, 5))
-    has_nu = table.dropna(subset=["nu_error", "nu_reconstruction"])
-    clip = (-0.5, 2.0)  # ratios explode where beta_second is near 0; keep the interesting range
-    for cls, group in has_nu.groupby("class"):
-        ax.scatter(
-            group["nu_reconstruction"].clip(*clip),
-            group["nu_error"].clip(*clip),
-            s=8,
-            alpha=0.7,
-            color=colours.get(str(cls), "#333333"),
-            label=f"{cls} ({len(group)})",
-        )
-    ax.axhline(t["nu_error_max"], color="#c44e52", ls="--", lw=1)
-    ax.axvline(t["nu_reconstruction_max"], color="#c44e52", ls="--", lw=1)
-    ax.set_xlabel(f"ν reconstruction ({first} / {second})")
-    ax.set_ylabel(f"ν error ({first} / {second})")
-    ax.set_title(f"Latent Scaling, clipped to {list(clip)}")
-    if len(has_nu):
-        ax.legend(fontsize=8, loc="best")
+    # each side's nu is read for the latents leaning to that side: the other side's decoder
+    # may be a near-zero vector whose direction, and so whose nu, is noise
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
+    clip = (-0.5, 2.0)  # ratios explode where the own model's beta is near 0; keep the interesting range
+    panels = (
+        (axes[0], table["delta_norm"] >= 0.5, "nu_reconstruction", "nu_error", second, first),
+        (axes[1], table["delta_norm"] < 0.5, "nu_reconstruction_reverse", "nu_error_reverse", first, second),
+    )
+    for ax, leaning, x_col, y_col, own, other in panels:
+        subset = table[leaning].dropna(subset=[x_col, y_col])
+        for cls, group in subset.groupby("class"):
+            ax.scatter(group[x_col].clip(*clip), group[y_col].clip(*clip), s=8, alpha=0.7,
+                       color=colours.get(str(cls), "#333333"), label=f"{cls} ({len(group)})")
+        ax.axhline(t["nu_error_max"], color="#c44e52", ls="--", lw=1)
+        ax.axvline(t["nu_reconstruction_max"], color="#c44e52", ls="--", lw=1)
+        ax.set_xlabel(f"ν reconstruction ({other} / {own})")
+        ax.set_title(f"{len(subset)} latents leaning to {own} (Δnorm {'≥' if own == second else '<'} 0.5)", fontsize=10)
+        if len(subset):
+            ax.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel("ν error (other model / own model)")
+    fig.suptitle(f"Latent Scaling, clipped to {list(clip)}")
     files.append(_save(fig, out_dir / NU_SCATTER_PNG))
 
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -25,7 +25,7 @@ REPORT_FILE = "report.html"
 SECTIONS_DIR = "report_sections"
 PLOTS = (
     (DELTA_NORM_PNG, "Relative decoder norm (Δnorm) of live latents"),
-    (NU_SCATTER_PNG, "Latent Scaling: ν error vs ν reconstruction, by class"),
+    (NU_SCATTER_PNG, "Latent Scaling: ν error vs ν reconstruction, by class, for each side"),
     (COS_SIM_PNG, "Decoder cosine similarity of shared latents"),
 )
 
