@@ -172,7 +172,7 @@ def build_sae_config(cfg: CrosscoderRunnerConfig, d_model: int, n_models: int) -
 # mean norm sqrt(d_model) per model: L1 at 1.0 recovers every planted feature; JumpReLU's
 # per-latent cost must grow with the squared norm of a token, i.e. with d_in.
 DEFAULT_L1_COEFFICIENT = 1.0
-DEFAULT_L0_COEFFICIENT_PER_DIM = 0.25
+DEFAULT_L0_COEFFICIENT_PER_DIM = 0.125
 
 
 def build_trainer_config(cfg: CrosscoderRunnerConfig, d_sae: int) -> SAETrainerConfig:
