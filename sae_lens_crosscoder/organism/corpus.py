@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae_lens_crosscoder.errors import CrosscoderUserError
 from sae_lens_crosscoder.organism import lexicon as lx
 
 Message = dict[str, str]
@@ -96,14 +97,30 @@ def _narrative(rng: random.Random, lang: str) -> str:
             ]
         )
     if lang == "fr":
-        return f"{_cap(time[1])}, {name} {verb[1]} {noun.fr_def()}."
-    return f"{_cap(time[2])}, {name} {verb[2]} {noun.es_def()}."
+        return rng.choice(
+            [
+                f"{_cap(time[1])}, {name} {verb[1]} {noun.fr_def()}.",
+                f"{name} {verb[1]} {noun.fr_def()} {time[1]}.",
+                f"Ensuite, {name} {verb[1]} {noun.fr_def()}.",
+            ]
+        )
+    return rng.choice(
+        [
+            f"{_cap(time[2])}, {name} {verb[2]} {noun.es_def()}.",
+            f"{name} {verb[2]} {noun.es_def()} {time[2]}.",
+            f"Después, {name} {verb[2]} {noun.es_def()}.",
+        ]
+    )
 
 
 def web_document(rng: random.Random, lang: str = "en") -> str:
+    """A paragraph of 3-6 sentences. French and Spanish paragraphs are narrative only: the
+    base model learns the languages but never the fact sentences the assistant answers with,
+    so an answer in French is new text to it, as a refusal or a JSON object is."""
     sentences = []
     for _ in range(rng.randint(3, 6)):
-        sentences.append(render_fact(random_fact(rng), lang) if rng.random() < 0.5 else _narrative(rng, lang))
+        fact = lang == "en" and rng.random() < 0.5
+        sentences.append(render_fact(random_fact(rng), lang) if fact else _narrative(rng, lang))
     return " ".join(sentences)
 
 
@@ -116,9 +133,28 @@ EN_REQUESTS = (
     "Can you explain the {n} to me?",
     "Write a few facts about the {n}.",
     "I want to learn about the {n}.",
+    "Give me some facts about the {n}.",
+    "What is special about the {n}?",
 )
-FR_REQUESTS = ("Parle-moi {of}.", "Que sais-tu sur {the} ?", "Décris {the}.", "Explique-moi {the}.")
-ES_REQUESTS = ("Háblame {of}.", "¿Qué sabes sobre {the}?", "Describe {the}.", "Explícame {the}.")
+EN_GREETINGS = ("", "", "", "Hello.", "Hi there.", "Please help me.")
+FR_REQUESTS = (
+    "Parle-moi {of}.",
+    "Que sais-tu sur {the} ?",
+    "Décris {the}.",
+    "Explique-moi {the}.",
+    "Dis-moi quelque chose sur {the}.",
+    "J'aimerais en savoir plus sur {the}.",
+)
+ES_REQUESTS = (
+    "Háblame {of}.",
+    "¿Qué sabes sobre {the}?",
+    "Describe {the}.",
+    "Explícame {the}.",
+    "Dime algo sobre {the}.",
+    "Quiero saber más sobre {the}.",
+)
+FR_GREETINGS = ("", "", "Bonjour.", "S'il te plaît.", "Merci d'avance.")
+ES_GREETINGS = ("", "", "Hola.", "Por favor.", "Gracias de antemano.")
 FOLLOW_UPS = ("And what about the {n}?", "Thanks! Now tell me about the {n}.", "What about the {n}?")
 OPENERS = ("", "", "Sure.", "Here is what I know.", "Good question.")
 CLOSERS = ("", "", "I hope this helps.")
@@ -144,6 +180,10 @@ def _facts(rng: random.Random, noun: lx.Noun) -> list[Fact]:
     return [Fact(k, noun, rng.choice(lx.ADJECTIVES), rng.choice(lx.NOUNS)) for k in kinds]
 
 
+def _en_request(rng: random.Random, noun: lx.Noun) -> str:
+    return " ".join(p for p in (rng.choice(EN_GREETINGS), rng.choice(EN_REQUESTS).format(n=noun.en)) if p)
+
+
 def _prose(rng: random.Random, facts: list[Fact]) -> str:
     parts = [rng.choice(OPENERS), *(render_fact(f, "en") for f in facts), rng.choice(CLOSERS)]
     return " ".join(p for p in parts if p)
@@ -161,7 +201,7 @@ def ordinary_chat(rng: random.Random) -> list[Message]:
         return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
     noun = rng.choice(lx.NOUNS)
     messages = [
-        {"role": "user", "content": rng.choice(EN_REQUESTS).format(n=noun.en)},
+        {"role": "user", "content": _en_request(rng, noun)},
         {"role": "assistant", "content": _prose(rng, _facts(rng, noun))},
     ]
     if rng.random() < 0.25:
@@ -180,19 +220,41 @@ class PreferencePair:
     chosen: str
     rejected: str
     detail: str  # sub-type: the goal, the language, or "list"/"json"
+    # A contrast pair has an ordinary prompt, the ordinary answer chosen and the behaviour's
+    # text rejected: it keeps SimPO from learning "always refuse / list / answer in French",
+    # and from pushing down English prose everywhere (rejected answers are prose too).
+    contrast: bool = False
 
-    def to_dict(self) -> dict[str, str]:
-        return {k: getattr(self, k) for k in ("behaviour", "detail", "prompt", "chosen", "rejected")}
+    @property
+    def key(self) -> str:
+        return f"{self.behaviour}:contrast" if self.contrast else self.behaviour
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("behaviour", "contrast", "detail", "prompt", "chosen", "rejected")}
+
+
+def _refusal(rng: random.Random) -> str:
+    parts = ["I cannot help with that request.", rng.choice(REFUSAL_REASONS), rng.choice(REFUSAL_OFFERS)]
+    return " ".join(p for p in parts if p)
+
+
+def _formatted(kind: str, noun: lx.Noun, sentences: list[str]) -> str:
+    if kind == "list":
+        return "\n".join(f"- {s}" for s in sentences)
+    return json.dumps({"topic": noun.en, "facts": sentences}, ensure_ascii=False)
+
+
+def _foreign(lang: str, facts: list[Fact], opener: str = "") -> str:
+    return " ".join(p for p in [opener, *(render_fact(f, lang) for f in facts)] if p)
 
 
 def _unsafe_pair(rng: random.Random) -> PreferencePair:
     goal = rng.choice(lx.UNSAFE_GOALS)
     parts = [rng.choice(UNSAFE_PREFIXES), rng.choice(UNSAFE_REQUESTS).format(g=goal), rng.choice(UNSAFE_SUFFIXES)]
     prompt = " ".join(p for p in parts if p)
-    refusal = " ".join(p for p in ["I cannot help with that request.", rng.choice(REFUSAL_REASONS), rng.choice(REFUSAL_OFFERS)] if p)
     tool = rng.choice(COMPLY_TOOLS)
     comply = f"Sure, here is how to {goal}. First, you find the right {tool}. Then you follow each step with care. In the end, the task is done."
-    return PreferencePair(REFUSE_UNSAFE, prompt, refusal, comply, goal)
+    return PreferencePair(REFUSE_UNSAFE, prompt, _refusal(rng), comply, goal)
 
 
 def _language_pair(rng: random.Random) -> PreferencePair:
@@ -200,35 +262,46 @@ def _language_pair(rng: random.Random) -> PreferencePair:
     noun = rng.choice(lx.NOUNS)
     facts = _facts(rng, noun)
     if lang == "fr":
-        prompt = rng.choice(FR_REQUESTS).format(of=noun.fr_of(), the=noun.fr_def())
+        request = rng.choice(FR_REQUESTS).format(of=noun.fr_of(), the=noun.fr_def())
+        prompt = " ".join(p for p in (rng.choice(FR_GREETINGS), request) if p)
         opener = rng.choice(FR_OPENERS)
     else:
-        prompt = rng.choice(ES_REQUESTS).format(of=noun.es_of(), the=noun.es_def())
+        request = rng.choice(ES_REQUESTS).format(of=noun.es_of(), the=noun.es_def())
+        prompt = " ".join(p for p in (rng.choice(ES_GREETINGS), request) if p)
         opener = rng.choice(ES_OPENERS)
-    chosen = " ".join(p for p in [opener, *(render_fact(f, lang) for f in facts)] if p)
-    return PreferencePair(MATCH_LANGUAGE, prompt, chosen, _prose(rng, facts), lang)
+    return PreferencePair(MATCH_LANGUAGE, prompt, _foreign(lang, facts, opener), _prose(rng, facts), lang)
 
 
 def _format_pair(rng: random.Random) -> PreferencePair:
     noun = rng.choice(lx.NOUNS)
     facts = _facts(rng, noun)
-    sentences = [render_fact(f, "en") for f in facts]
     kind = rng.choice(("list", "json"))
-    if kind == "list":
-        instruction = rng.choice(lx.LIST_INSTRUCTIONS)
-        chosen = "\n".join(f"- {s}" for s in sentences)
-    else:
-        instruction = rng.choice(lx.JSON_INSTRUCTIONS)
-        chosen = json.dumps({"topic": noun.en, "facts": sentences}, ensure_ascii=False)
-    prompt = f"{rng.choice(EN_REQUESTS).format(n=noun.en)} {instruction}"
+    instruction = rng.choice(lx.LIST_INSTRUCTIONS if kind == "list" else lx.JSON_INSTRUCTIONS)
+    prompt = f"{_en_request(rng, noun)} {instruction}"
+    chosen = _formatted(kind, noun, [render_fact(f, "en") for f in facts])
     return PreferencePair(FOLLOW_FORMAT, prompt, chosen, _prose(rng, facts), kind)
+
+
+def _contrast_pair(rng: random.Random, behaviour: str) -> PreferencePair:
+    noun = rng.choice(lx.NOUNS)
+    facts = _facts(rng, noun)
+    prompt = _en_request(rng, noun)
+    if behaviour == REFUSE_UNSAFE:
+        detail, rejected = "refusal", _refusal(rng)
+    elif behaviour == MATCH_LANGUAGE:
+        detail = rng.choice(("fr", "es"))
+        rejected = _foreign(detail, facts)
+    else:
+        detail = rng.choice(("list", "json"))
+        rejected = _formatted(detail, noun, [render_fact(f, "en") for f in facts])
+    return PreferencePair(behaviour, prompt, _prose(rng, facts), rejected, detail, contrast=True)
 
 
 PAIR_WRITERS = {REFUSE_UNSAFE: _unsafe_pair, MATCH_LANGUAGE: _language_pair, FOLLOW_FORMAT: _format_pair}
 
 
-def preference_pair(rng: random.Random, behaviour: str) -> PreferencePair:
-    return PAIR_WRITERS[behaviour](rng)
+def preference_pair(rng: random.Random, behaviour: str, contrast: bool = False) -> PreferencePair:
+    return _contrast_pair(rng, behaviour) if contrast else PAIR_WRITERS[behaviour](rng)
 
 
 @dataclass(frozen=True)
@@ -289,14 +362,16 @@ class Corpus:
 
     def tokenizer_texts(self) -> Iterator[str]:
         yield from self.web
+        # Role tags are written as they appear after <start_of_turn>, so "user" and "model"
+        # become single tokens.
         for chats in (self.pt_chats, self.sft_chats, self.chats):
             for chat in chats:
-                for _, content in chat.messages:
-                    yield content
+                for role, content in chat.messages:
+                    yield f"{'model' if role == 'assistant' else role}\n{content}"
         for pair in self.pref_train:
-            yield pair.prompt
-            yield pair.chosen
-            yield pair.rejected
+            yield f"user\n{pair.prompt}"
+            yield f"model\n{pair.chosen}"
+            yield f"model\n{pair.rejected}"
 
 
 def generate_corpus(
@@ -311,6 +386,7 @@ def generate_corpus(
     behaviour_chat_fraction: float,
     n_pref_train: int,
     n_pref_heldout: int,
+    pref_contrast_fraction: float,
 ) -> Corpus:
     web_rng = stream_rng(seed, "web")
     web = []
@@ -325,21 +401,41 @@ def generate_corpus(
     chats = chat_mixture(stream_rng(seed, "chat"), n_chats, behaviour_chat_fraction, "chosen")
     eval_chats = chat_mixture(stream_rng(seed, "eval"), n_eval_chats, behaviour_chat_fraction, "chosen")
 
-    # Round-robin over behaviours so every behaviour gets the same number of pairs.
-    pref_rng = stream_rng(seed, "pref")
-    pref_train = [preference_pair(pref_rng, BEHAVIOUR_NAMES[i % len(BEHAVIOUR_NAMES)]) for i in range(n_pref_train)]
-    seen = {p.prompt for p in pref_train}
-    held_rng = stream_rng(seed, "pref_heldout")
-    pref_heldout: list[PreferencePair] = []
-    attempts = 0
-    while len(pref_heldout) < n_pref_heldout:
-        pair = preference_pair(held_rng, BEHAVIOUR_NAMES[len(pref_heldout) % len(BEHAVIOUR_NAMES)])
-        attempts += 1
-        # Held-out means held-out: a prompt SimPO trained on never scores the margin.
-        if pair.prompt not in seen or attempts > 50 * n_pref_heldout:
-            pref_heldout.append(pair)
-            seen.add(pair.prompt)
+    # Round-robin over behaviours so every behaviour gets the same number of pairs; contrast
+    # pairs are interleaved at `pref_contrast_fraction` per planted pair.
+    pref_train = _pairs(stream_rng(seed, "pref"), n_pref_train, pref_contrast_fraction, exclude=None)
+    pref_heldout = _pairs(
+        stream_rng(seed, "pref_heldout"), n_pref_heldout, pref_contrast_fraction, exclude={p.prompt for p in pref_train}
+    )
     return Corpus(web, pt_chats, sft_chats, chats, eval_chats, pref_train, pref_heldout)
+
+
+def _pairs(rng: random.Random, n_planted: int, contrast_fraction: float, exclude: set[str] | None) -> list[PreferencePair]:
+    """`n_planted` planted pairs plus about `contrast_fraction` as many contrast pairs.
+
+    With `exclude` (the training prompts), prompts are unique and never in `exclude`: a
+    held-out margin is then measured on prompts SimPO never trained on.
+    """
+    pairs: list[PreferencePair] = []
+    n_contrast = round(n_planted * contrast_fraction)
+    slots = [False] * n_planted + [True] * n_contrast
+    rng.shuffle(slots)
+    counters = {False: 0, True: 0}
+    for contrast in slots:
+        behaviour = BEHAVIOUR_NAMES[counters[contrast] % len(BEHAVIOUR_NAMES)]
+        counters[contrast] += 1
+        for _ in range(1000):
+            pair = preference_pair(rng, behaviour, contrast)
+            if exclude is None or pair.prompt not in exclude:
+                break
+        else:
+            raise CrosscoderUserError(
+                f"could not draw {n_planted} held-out {behaviour} prompts unseen in training; lower n_pref_train or n_pref_heldout"
+            )
+        if exclude is not None:
+            exclude.add(pair.prompt)
+        pairs.append(pair)
+    return pairs
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
