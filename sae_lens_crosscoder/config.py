@@ -108,6 +108,14 @@ class CrosscoderRunnerConfig:
     checkpoint_every_tokens: int | None = None
     keep_checkpoints: int = 2
 
+    # ---- evaluation at checkpoints and at the end ----------------------------------------
+    # per-model FVE/MSE/L0/dead on eval_tokens tokens (0 = off), read from
+    # eval_activations_path (a held-out paired cache), else the start of the training data;
+    # with live models also CE/KL of each model with its reconstruction spliced in
+    eval_tokens: int = 0
+    eval_ce_tokens: int = 0
+    eval_activations_path: str | None = None
+
     # ---- logging -----------------------------------------------------------------------
     log_to_wandb: bool = False
     wandb_project: str = "sae_lens_crosscoder"

@@ -98,6 +98,29 @@ class DifferenceProvider:
         self.paired.load_state_dict(state)
 
 
+def build_checkpoint_evaluator(cfg: CrosscoderRunnerConfig, provider: Any) -> Any:
+    """Evals on a fixed set of tokens at every checkpoint and at the end (off when
+    eval_tokens is 0): a held-out cache if given, else the start of the training data."""
+    if cfg.eval_tokens <= 0:
+        return None
+    from sae_lens_crosscoder.analysis import CacheSource, LiveSource, checkpoint_evaluator
+
+    if cfg.eval_activations_path:
+        source = CacheSource(cfg.eval_activations_path)
+    elif cfg.cached_activations_path:
+        source = CacheSource(cfg.cached_activations_path)
+    else:
+        source = LiveSource(provider)
+    return checkpoint_evaluator(
+        source,
+        n_tokens=cfg.eval_tokens,
+        batch_tokens=min(cfg.train_batch_size_tokens, cfg.eval_tokens),
+        model_names=cfg.model_names,
+        ce_eval_tokens=cfg.eval_ce_tokens,
+        log_to_wandb=cfg.log_to_wandb,
+    )
+
+
 # ---- configs -------------------------------------------------------------------------------
 def build_sae_config(cfg: CrosscoderRunnerConfig, d_model: int, n_models: int) -> TrainingSAEConfig:
     """The SAELens training config for this run (a crosscoder, or a plain SAELens SAE on the
@@ -306,6 +329,7 @@ def train(cfg: CrosscoderRunnerConfig, resume: bool = False, data_provider: Any 
         checkpoint_every_tokens=cfg.checkpoint_every_tokens,
         keep_checkpoints=cfg.keep_checkpoints,
         extra_checkpoint_state=lambda: {"wandb_id": wandb_id},
+        checkpoint_evaluator=build_checkpoint_evaluator(cfg, provider) if cfg.mode == "crosscoder" else None,
     )
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)
@@ -345,6 +369,7 @@ def train(cfg: CrosscoderRunnerConfig, resume: bool = False, data_provider: Any 
     }
     if isinstance(sae, CrosscoderMixin):
         summary["activation_scaling_factors"] = sae.activation_scaling_factors.tolist()
+    summary["evals"] = trainer.run_checkpoint_evals()
     save_final(sae, cfg, summary)
     if owns_wandb_run and wandb.run is not None:
         wandb.finish()

@@ -95,6 +95,7 @@ class CrosscoderTrainer(SAETrainer[Any, Any]):
         checkpoint_every_tokens: int | None = None,
         keep_checkpoints: int = 2,
         extra_checkpoint_state: Callable[[], dict[str, Any]] | None = None,
+        checkpoint_evaluator: Callable[..., dict[str, float]] | None = None,
     ) -> None:
         self.window = WindowMetrics(getattr(sae, "n_models", 1))
         super().__init__(cfg, sae, data_provider, evaluator=self._evaluate)
@@ -106,6 +107,7 @@ class CrosscoderTrainer(SAETrainer[Any, Any]):
                 range(checkpoint_every_tokens, cfg.total_training_samples, checkpoint_every_tokens)
             )
         self.checkpoint_metrics: dict[str, Any] = {}
+        self.checkpoint_evaluator = checkpoint_evaluator
 
     # ---- metrics -----------------------------------------------------------------------
     def _train_step(self, sae: Any, sae_in: torch.Tensor) -> TrainStepOutput:
@@ -120,6 +122,13 @@ class CrosscoderTrainer(SAETrainer[Any, Any]):
         metrics = {f"eval/{k}": v for k, v in self.window.summary().items()}
         metrics["eval/dead_fraction"] = float(self.dead_neurons.float().mean())
         return metrics
+
+    def run_checkpoint_evals(self) -> dict[str, float]:
+        """Held-out evals (per-model FVE/MSE/L0, CE/KL with live models); logged to W&B by
+        the evaluator itself when enabled."""
+        if self.checkpoint_evaluator is None:
+            return {}
+        return self.checkpoint_evaluator(self.sae, step=self.n_training_steps)
 
     def window_metrics(self) -> dict[str, Any]:
         return {
@@ -159,6 +168,7 @@ class CrosscoderTrainer(SAETrainer[Any, Any]):
             shutil.rmtree(tmp)
         super().save_checkpoint(tmp.name, base_path=base, wandb_aliases=wandb_aliases)
         metrics = self.window_metrics()
+        metrics["evals"] = self.run_checkpoint_evals()
         self.checkpoint_metrics = metrics
         state = {"data": self.data_provider.state_dict() if hasattr(self.data_provider, "state_dict") else None}
         if self.extra_checkpoint_state is not None:
