@@ -32,15 +32,18 @@ class CrosscoderRunnerConfig:
     # ---- what to train -----------------------------------------------------------------
     architecture: str = "batchtopk_crosscoder"
     # "crosscoder": one dictionary over all models; "difference": a SAELens SAE on the
-    # difference x[difference_pair[1]] - x[difference_pair[0]] (architecture is then a SAELens one)
-    mode: Literal["crosscoder", "difference"] = "crosscoder"
+    # difference x[difference_pair[1]] - x[difference_pair[0]] ([1, 0] for the reverse
+    # direction); "single": a SAELens SAE on x[model_index] alone, the per-model baseline
+    # (architecture is then a SAELens one: standard, topk, batchtopk, jumprelu, matryoshka_batchtopk)
+    mode: Literal["crosscoder", "difference", "single"] = "crosscoder"
     difference_pair: list[int] = field(default_factory=lambda: [0, 1])
+    model_index: int = 0
     d_sae: int | None = None
     expansion_factor: float | None = None  # d_sae = expansion_factor * d_model
     k: float | None = None  # TopK variants; defaults to 100 (capped at d_sae // 4)
-    l1_coefficient: float | None = None  # `crosscoder` (L1) only
+    l1_coefficient: float | None = None  # `crosscoder` (L1) and SAELens `standard` only
     l1_warm_up_steps: int | None = None  # defaults to 5 % of the steps
-    l0_coefficient: float | None = None  # `jumprelu_crosscoder` only
+    l0_coefficient: float | None = None  # `jumprelu_crosscoder` and SAELens `jumprelu` only
     sparsity_loss_mode: Literal["tanh", "l0"] | None = None  # `jumprelu_crosscoder` only
     n_shared_latents: int = 0
     shared_sparsity_coefficient: float = 0.15
@@ -130,8 +133,8 @@ class CrosscoderRunnerConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.mode not in ("crosscoder", "difference"):
-            raise CrosscoderUserError(f"mode={self.mode!r}: use 'crosscoder' or 'difference'")
+        if self.mode not in ("crosscoder", "difference", "single"):
+            raise CrosscoderUserError(f"mode={self.mode!r}: use 'crosscoder', 'difference' or 'single'")
         if self.mode == "crosscoder" and self.architecture not in CROSSCODER_ARCHITECTURES:
             raise CrosscoderUserError(
                 f"unknown architecture {self.architecture!r}: choose one of {', '.join(CROSSCODER_ARCHITECTURES)}"
@@ -145,12 +148,17 @@ class CrosscoderRunnerConfig:
             raise CrosscoderUserError(
                 f"k applies to TopK architectures ({', '.join(K_ARCHITECTURES)}), not {self.architecture!r}; remove it"
             )
-        for key, arch in (("l1_coefficient", "crosscoder"), ("l1_warm_up_steps", "crosscoder")):
-            if getattr(self, key) is not None and self.architecture != arch:
-                raise CrosscoderUserError(f"{key} applies to architecture {arch!r} only, not {self.architecture!r}")
-        for key in ("l0_coefficient", "sparsity_loss_mode"):
-            if getattr(self, key) is not None and self.architecture != "jumprelu_crosscoder":
-                raise CrosscoderUserError(f"{key} applies to architecture 'jumprelu_crosscoder' only")
+        # the same keys set the SAELens SAE's penalty in difference and single modes
+        for key, archs in (
+            ("l1_coefficient", ("crosscoder", "standard")),
+            ("l1_warm_up_steps", ("crosscoder", "standard")),
+            ("l0_coefficient", ("jumprelu_crosscoder", "jumprelu")),
+            ("sparsity_loss_mode", ("jumprelu_crosscoder",)),
+        ):
+            if getattr(self, key) is not None and self.architecture not in archs:
+                raise CrosscoderUserError(
+                    f"{key} applies to architecture {' or '.join(map(repr, archs))} only, not {self.architecture!r}"
+                )
         if self.train_batch_size_tokens <= 0 or self.training_tokens < self.train_batch_size_tokens:
             raise CrosscoderUserError(
                 f"training_tokens={self.training_tokens} must be at least one batch "
@@ -160,6 +168,8 @@ class CrosscoderRunnerConfig:
             raise CrosscoderUserError(f"model_names has duplicates: {self.model_names}; give each model a distinct name")
         if self.mode == "difference" and len(self.difference_pair) != 2:
             raise CrosscoderUserError(f"difference_pair={self.difference_pair} must be [base_index, finetuned_index]")
+        if self.mode == "single" and self.model_index < 0:
+            raise CrosscoderUserError(f"model_index={self.model_index} must be a model's index (0, 1, ...)")
 
     # ---- derived values ----------------------------------------------------------------
     @property

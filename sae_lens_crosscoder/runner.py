@@ -72,30 +72,54 @@ def build_data_provider(cfg: CrosscoderRunnerConfig) -> Any:
     return build_live_provider(cfg)
 
 
-class DifferenceProvider:
-    """x[finetuned] - x[base] from a paired provider, as flat ``[batch, d_model]``."""
+class ModelViewProvider:
+    """One ``[batch, d_model]`` view of a paired provider's batches, for a plain SAELens SAE."""
 
-    def __init__(self, paired: Any, pair: list[int]) -> None:
-        self.paired, self.base, self.finetuned = paired, pair[0], pair[1]
+    def __init__(self, paired: Any, indices: list[int], what: str) -> None:
+        self.paired = paired
         self.n_models, self.d_model = 1, paired.d_model
-        for index in pair:
+        for index in indices:
             if not 0 <= index < paired.n_models:
                 raise CrosscoderUserError(
-                    f"difference_pair {pair} names model {index} but the data has {paired.n_models} models"
+                    f"{what} names model {index} but the data has {paired.n_models} models; use 0..{paired.n_models - 1}"
                 )
 
-    def __iter__(self) -> DifferenceProvider:
+    def __iter__(self) -> ModelViewProvider:
         return self
 
     def __next__(self) -> torch.Tensor:
-        x = next(self.paired).unflatten(-1, (self.paired.n_models, self.paired.d_model))
-        return x[:, self.finetuned] - x[:, self.base]
+        return self.view(next(self.paired).unflatten(-1, (self.paired.n_models, self.paired.d_model)))
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         return self.paired.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.paired.load_state_dict(state)
+
+
+class DifferenceProvider(ModelViewProvider):
+    """x[finetuned] - x[base] from a paired provider, as flat ``[batch, d_model]``."""
+
+    def __init__(self, paired: Any, pair: list[int]) -> None:
+        super().__init__(paired, pair, f"difference_pair {pair}")
+        self.base, self.finetuned = pair[0], pair[1]
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.finetuned] - x[:, self.base]
+
+
+class SingleModelProvider(ModelViewProvider):
+    """x[model_index] alone from a paired provider: the per-model SAE baseline."""
+
+    def __init__(self, paired: Any, index: int) -> None:
+        super().__init__(paired, [index], f"model_index {index}")
+        self.index = index
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.index]
 
 
 def build_checkpoint_evaluator(cfg: CrosscoderRunnerConfig, provider: Any) -> Any:
@@ -124,7 +148,7 @@ def build_checkpoint_evaluator(cfg: CrosscoderRunnerConfig, provider: Any) -> An
 # ---- configs -------------------------------------------------------------------------------
 def build_sae_config(cfg: CrosscoderRunnerConfig, d_model: int, n_models: int) -> TrainingSAEConfig:
     """The SAELens training config for this run (a crosscoder, or a plain SAELens SAE on the
-    activation difference in `difference` mode)."""
+    activation difference in `difference` mode or on one model's activations in `single` mode)."""
     d_sae = cfg.resolved_d_sae(d_model)
     values: dict[str, Any] = {"d_sae": d_sae, "device": cfg.device, "dtype": cfg.dtype}
     if cfg.mode == "crosscoder":
@@ -139,10 +163,17 @@ def build_sae_config(cfg: CrosscoderRunnerConfig, d_model: int, n_models: int) -
         if cfg.architecture not in SAE_TRAINING_CLASS_REGISTRY or cfg.architecture in ARCHITECTURES:
             options = sorted(a for a in SAE_TRAINING_CLASS_REGISTRY if a not in ARCHITECTURES)
             raise CrosscoderUserError(
-                f"difference mode trains a SAELens SAE; architecture {cfg.architecture!r} is not one of {', '.join(options)}"
+                f"{cfg.mode} mode trains a SAELens SAE; architecture {cfg.architecture!r} is not one of {', '.join(options)}"
             )
         cfg_cls = SAE_TRAINING_CLASS_REGISTRY[cfg.architecture][1]
         values["d_in"] = d_model
+        # the crosscoder keys set the same penalties of SAELens's own architectures
+        for key in ("l1_coefficient", "l1_warm_up_steps", "l0_coefficient"):
+            if getattr(cfg, key) is not None:
+                values[key] = getattr(cfg, key)
+        if cfg.architecture == "matryoshka_batchtopk":
+            # SAELens requires the levels; nested halvings are the usual choice
+            values["matryoshka_widths"] = sorted({max(1, d_sae // 8), max(1, d_sae // 4), max(1, d_sae // 2), d_sae})
     steps = cfg.total_training_steps
     if cfg.architecture in K_ARCHITECTURES:
         values["k"] = cfg.resolved_k(d_sae)
@@ -188,6 +219,12 @@ def build_sae_config(cfg: CrosscoderRunnerConfig, d_model: int, n_models: int) -
     if cfg.mode == "difference":
         base, ft = cfg.difference_pair
         sae_cfg.metadata.difference_of = {"base": cfg.model_names[base], "finetuned": cfg.model_names[ft]}
+    elif cfg.mode == "single":
+        # an ordinary SAELens SAE of that model, named and hooked as one
+        sae_cfg.metadata.single_model = cfg.model_names[cfg.model_index]
+        sae_cfg.metadata.model_name = cfg.model_names[cfg.model_index]
+        if hooks:
+            sae_cfg.metadata.hook_name = hooks[cfg.model_index]
     return sae_cfg
 
 
@@ -279,7 +316,11 @@ def train(cfg: CrosscoderRunnerConfig, resume: bool = False, data_provider: Any 
         )
     if not cfg.model_names:
         cfg.model_names = [f"model{m}" for m in range(provider.n_models)]
-    train_provider = DifferenceProvider(provider, cfg.difference_pair) if cfg.mode == "difference" else provider
+    train_provider = provider
+    if cfg.mode == "difference":
+        train_provider = DifferenceProvider(provider, cfg.difference_pair)
+    elif cfg.mode == "single":
+        train_provider = SingleModelProvider(provider, cfg.model_index)
     sae_cfg = build_sae_config(cfg, provider.d_model, provider.n_models)
     sae = TrainingSAE.from_dict(sae_cfg.to_dict())
     trainer_cfg = build_trainer_config(cfg, sae_cfg.d_sae)
