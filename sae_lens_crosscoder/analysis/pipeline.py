@@ -106,6 +106,41 @@ def check_compatible(crosscoder: Any, n_models: int, d_model: int, what: str) ->
         )
 
 
+class FiringStats:
+    """Per-latent firing count, largest and summed activation over counted tokens."""
+
+    def __init__(self, d_sae: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.count = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.max_act = torch.zeros(d_sae, dtype=dtype, device=device)
+        self.sum_act = torch.zeros(d_sae, dtype=torch.float64, device=device)
+
+    def update(self, cols: torch.Tensor, vals: torch.Tensor) -> None:
+        self.count += torch.bincount(cols, minlength=self.count.numel())
+        self.max_act.scatter_reduce_(0, cols, vals, "amax")
+        self.sum_act.index_add_(0, cols, vals.double())
+
+
+def check_finite(x: torch.Tensor, n_tokens: int) -> None:
+    if not bool(torch.isfinite(x.sum())):  # one reduction: NaN and inf propagate into the sum
+        raise DataError(
+            f"NaN or inf in the activations within {x.shape[0]} rows after token {n_tokens} of the "
+            "stream; regenerate that part of the cache (or check the models' dtype)"
+        )
+
+
+def counted_nonzeros(
+    f: torch.Tensor, core: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """(rows, cols, vals) of the non-zero latent activations on counted rows, row-major, and
+    whether every row is counted."""
+    all_core = bool(core.all())
+    rows, cols = f.nonzero(as_tuple=True)  # row-major
+    if not all_core:
+        keep = core[rows]
+        rows, cols = rows[keep], cols[keep]
+    return rows, cols, f[rows, cols], all_core
+
+
 class AnalysisPass:
     """State of the streaming pass."""
 
@@ -117,9 +152,7 @@ class AnalysisPass:
         self.decoder = W.unflatten(-1, (self.n_models, self.d_model))
         self.scale = crosscoder._flat_scale(torch.zeros((), dtype=self.dtype, device=self.device))
         self.scaling = LatentScalingAccumulator(self.decoder, pair, cfg.latent_chunk_size)
-        self.count = torch.zeros(self.d_sae, dtype=torch.long, device=self.device)
-        self.max_act = torch.zeros(self.d_sae, dtype=self.dtype, device=self.device)
-        self.sum_act = torch.zeros(self.d_sae, dtype=torch.float64, device=self.device)
+        self.firing = FiringStats(self.d_sae, self.device, self.dtype)
         self.stats = ReconstructionStats(self.n_models, crosscoder.activation_scaling_factors)
         self.splice = SpliceStats(self.n_models)
         self.examples = ExampleCollector(
@@ -146,22 +179,11 @@ class AnalysisPass:
             self.splice.update(splice_evals(cc, models, hook_names, batch.token_batch, batch.token_mask, acts))
 
     def _bookkeeping(self, batch: Any, x: torch.Tensor, f: torch.Tensor, recon: torch.Tensor) -> None:
-        if not bool(torch.isfinite(x.sum())):  # one reduction: NaN and inf propagate into the sum
-            raise DataError(
-                f"NaN or inf in the activations within {x.shape[0]} rows after token {self.n_tokens} of the "
-                "stream; regenerate that part of the cache (or check the models' dtype)"
-            )
+        check_finite(x, self.n_tokens)
         x_norm = (x.flatten(1) * self.scale).unflatten(-1, (self.n_models, self.d_model))
         core = batch.core.to(self.device)
-        all_core = bool(core.all())
-        rows, cols = f.nonzero(as_tuple=True)  # row-major
-        if not all_core:
-            keep = core[rows]
-            rows, cols = rows[keep], cols[keep]
-        vals = f[rows, cols]
-        self.count += torch.bincount(cols, minlength=self.d_sae)
-        self.max_act.scatter_reduce_(0, cols, vals, "amax")
-        self.sum_act.index_add_(0, cols, vals.double())
+        rows, cols, vals, all_core = counted_nonzeros(f, core)
+        self.firing.update(cols, vals)
         self.scaling.update(f, x_norm, recon, row_mask=None if all_core else core, nonzeros=(rows, cols, vals))
         if all_core:
             self.stats.update(x_norm, recon, rows.numel())
@@ -246,10 +268,10 @@ def analyze(
         state.decoder,
         names,
         pair,
-        state.count,
+        state.firing.count,
         state.n_tokens,
-        state.max_act,
-        state.sum_act,
+        state.firing.max_act,
+        state.firing.sum_act,
         state.scaling.result(),
         n_designated_shared=crosscoder.cfg.n_shared_latents,
     )
@@ -261,7 +283,7 @@ def analyze(
         out / EXAMPLES_FILE,
         state.examples.records(token_decoder(source.tokenizer), source.context_tokens),
     )
-    dead_fraction = float((state.count == 0).double().mean())
+    dead_fraction = float((state.firing.count == 0).double().mean())
     evals = state.stats.summary(names, dead_fraction)
     if state.splice.n_positions:
         for name, values in state.splice.summary(names).items():

@@ -5,6 +5,11 @@ filtered and sorted by class.
 Extension: later steps add sections by writing HTML fragments to
 `<out>/report_sections/<name>.html` and calling `build_report(out)` again; fragments are
 included verbatim, sorted by file name, between the plots and the latent cards.
+
+Analyses of other dictionaries (e.g. a difference SAE) reuse the page by writing an optional
+`report` object into `summary.json`: `title` (str), `facts` ([[name, value], ...]) in place
+of the crosscoder facts, `plots` ([[file, caption], ...]) in place of the crosscoder plots,
+and `card_stats` ([[column, label], ...]) shown on each latent card in place of the crosscoder's.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import base64
 import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +141,20 @@ def _tokens_html(example: dict[str, Any], scale: float) -> str:
     return "".join(parts)
 
 
-def _example_line(example: dict[str, Any], scale: float) -> str:
+def example_line(example: dict[str, Any], scale: float) -> str:
     return (
         f'<div class="ex"><span class="v">{example["value"]:.3g}</span>'
         f"{_tokens_html(example, scale)}</div>"
     )
 
 
-def _card(row: pd.Series, record: dict[str, Any] | None, names: list[str], pair: dict[str, Any]) -> str:
+def _card(
+    row: pd.Series,
+    record: dict[str, Any] | None,
+    names: list[str],
+    pair: dict[str, Any],
+    card_stats: Sequence[tuple[str, str]] | None = None,
+) -> str:
     cls = str(row["class"])
     badge = "only" if cls.startswith("only:") else cls
     attrs: dict[str, Any] = {"class": cls, "latent": int(row["latent"])}
@@ -163,16 +175,22 @@ def _card(row: pd.Series, record: dict[str, Any] | None, names: list[str], pair:
         f"<span>reverse ν<sup>ε</sup>/ν<sup>r</sup> {fmt(value('nu_error_reverse'))} / "
         f"{fmt(value('nu_reconstruction_reverse'))}</span>"
     )
+    if card_stats is not None:
+        stats = "".join(
+            f"<span>{html.escape(label)} {html.escape(fmt(_cell(row[column])))}</span>"
+            for column, label in card_stats
+            if column in row.index
+        )
     body = ""
     if record is not None:
         scale = float(row["max_act"]) if "max_act" in row.index and float(row["max_act"]) > 0 else 1.0
-        top = "".join(_example_line(e, scale) for e in record.get("top", []))
+        top = "".join(example_line(e, scale) for e in record.get("top", []))
         body += f'<div class="top">{top or "<em>no examples</em>"}</div>'
         quantiles = record.get("quantiles", [])
         if quantiles:
             inner = "".join(
                 f'<div class="q">activations {q["low"]:.3g} – {q["high"]:.3g}</div>'
-                + "".join(_example_line(e, scale) for e in q["examples"])
+                + "".join(example_line(e, scale) for e in q["examples"])
                 for q in reversed(quantiles)
             )
             body += f"<details><summary>samples by activation quantile</summary>{inner}</details>"
@@ -181,6 +199,11 @@ def _card(row: pd.Series, record: dict[str, Any] | None, names: list[str], pair:
         f'<span class="badge {html.escape(badge)}">{html.escape(cls)}</span></h3>'
         f'<div class="stats">{stats}</div>{body}</article>'
     )
+
+
+def _cell(value: Any) -> Any:
+    """A table cell as a plain Python value, so fmt formats numpy scalars like floats."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def _kv_table(rows: list[tuple[str, Any]]) -> str:
@@ -214,10 +237,11 @@ def build_report(out_dir: str | Path, max_cards: int | None = None) -> Path:
     chosen = select_cards(table, cap)
     records = read_examples(out / EXAMPLES_FILE, set(chosen["latent"].astype(int).tolist()))
 
-    title = f"Crosscoder diff: {pair['first']} vs {pair['second']}"
+    custom = summary.get("report") or {}
+    title = custom.get("title") or f"Crosscoder diff: {pair['first']} vs {pair['second']}"
     nav = ['<a href="#summary">Summary</a>', '<a href="#plots">Plots</a>']
     evals = summary.get("evals", {})
-    facts = [
+    facts = [tuple(item) for item in custom["facts"]] if custom.get("facts") else [
         ("crosscoder", summary.get("crosscoder")),
         ("architecture", summary.get("architecture")),
         ("latents (d_sae)", summary.get("d_sae")),
@@ -240,7 +264,7 @@ def build_report(out_dir: str | Path, max_cards: int | None = None) -> Path:
     figures = "".join(
         f'<figure><img src="{_image(out / name)}" alt="{html.escape(caption)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for name, caption in PLOTS
+        for name, caption in (custom.get("plots") or PLOTS)
         if (out / name).is_file()
     )
     parts.append(f'<section id="plots"><h2>Plots</h2>{figures or "<p>no plots</p>"}</section>')
@@ -260,7 +284,10 @@ def build_report(out_dir: str | Path, max_cards: int | None = None) -> Path:
         for c in sorted(chosen["class"].unique())
     )
     sort_options = "".join(f'<option value="{k}">{html.escape(label)}</option>' for k, label in SORT_KEYS)
-    cards = "".join(_card(row, records.get(int(row["latent"])), names, pair) for _, row in chosen.iterrows())
+    card_stats = [(str(c), str(label)) for c, label in custom["card_stats"]] if custom.get("card_stats") else None
+    cards = "".join(
+        _card(row, records.get(int(row["latent"])), names, pair, card_stats) for _, row in chosen.iterrows()
+    )
     parts.append(
         f'<section id="latents"><h2>Latents</h2>'
         f"<p>{len(chosen)} of {len(table)} latents shown as cards (exclusive classes first, then shared, "
