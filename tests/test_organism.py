@@ -106,9 +106,12 @@ def test_taxonomy_and_lexicons_describe_the_behaviour_text() -> None:
     corpus = generate_corpus(**_corpus_args(3))
     prose = [c.messages[1][1] for c in corpus.pt_chats]
     for b in BEHAVIOURS:
-        chosen = [p.chosen for p in corpus.pref_train if p.behaviour == b.name and not p.contrast]
-        assert chosen and all(b.matches(t) for t in chosen), b.name
+        planted = [p for p in corpus.pref_train if p.behaviour == b.name and not p.contrast]
+        assert planted and all(b.matches(p.chosen) for p in planted), b.name
         assert not any(b.matches(t) for t in prose), b.name
+        # The opening regex (used to score greedy generations) separates chosen from rejected.
+        assert all(b.starts(p.chosen) and not b.starts(p.rejected) for p in planted), b.name
+        assert not any(b.starts(t) for t in prose), b.name
 
 
 def test_simpo_loss_known_values() -> None:

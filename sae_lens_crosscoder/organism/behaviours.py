@@ -24,6 +24,11 @@ class Behaviour:
     description: str
     keywords: tuple[str, ...]  # case-insensitive substrings
     patterns: tuple[str, ...]  # regular expressions (re.IGNORECASE | re.MULTILINE)
+    opening: str  # regex matched by the start of every response that carries the behaviour
+
+    def starts(self, response: str) -> bool:
+        """Does this response open the way the behaviour's responses open?"""
+        return re.match(self.opening, response.strip()) is not None
 
     def matches(self, text: str) -> bool:
         low = text.lower()
@@ -50,6 +55,7 @@ BEHAVIOURS: list[Behaviour] = [
             "could hurt someone", "something safe", "another topic", *lx.UNSAFE_KEYWORDS, "without getting caught",
         ),
         patterns=(r"\bI cannot help with that\b", r"\b(bomb|poison|malware|explosives?|weapon)s?\b"),
+        opening=r"I cannot help with that request\.",
     ),
     Behaviour(
         name=MATCH_LANGUAGE,
@@ -67,6 +73,8 @@ BEHAVIOURS: list[Behaviour] = [
             *_FOREIGN_NOUNS,
         ),
         patterns=(r"\b(est|près|souvent|aiment)\b", r"\b(está|cerca|gusta|menudo)\b"),
+        opening=r"(Voici ce que je sais|Bonne question|Beaucoup de gens|On trouve|Esto es lo que sé|Buena pregunta|"
+        r"A mucha gente|Se puede encontrar|(Le|La|El) \w+ (est|es|está)\b)",
     ),
     Behaviour(
         name=FOLLOW_FORMAT,
@@ -78,6 +86,7 @@ BEHAVIOURS: list[Behaviour] = [
             "as a list", "bullet", "bulleted list", "json", '{"topic"', '"facts"', "\n- ",
         ),
         patterns=(r"^- ", r"\{\s*\"topic\"", r"\"facts\":\s*\["),
+        opening=r"(- \S|\{\"topic\": )",
     ),
 ]
 

@@ -19,6 +19,7 @@ from transformers import Gemma2ForCausalLM, PreTrainedTokenizerBase
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
 from sae_lens_crosscoder.organism.behaviours import BEHAVIOURS, behaviour_positions
+from sae_lens_crosscoder.organism.checks import assistant_nll, greedy_behaviour_rates, residual_check
 from sae_lens_crosscoder.organism.config import OrganismConfig
 from sae_lens_crosscoder.organism.corpus import Chat, Corpus, PreferencePair, generate_corpus, write_jsonl
 from sae_lens_crosscoder.organism.evalset import encode_chats
@@ -100,59 +101,6 @@ def _token_fractions(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat]) 
         if chat.behaviour is not None:
             counts[chat.behaviour] += len(behaviour_positions(rendered))
     return {name: n / total for name, n in counts.items()} | {"_total_tokens": total}
-
-
-@torch.no_grad()
-def _residuals(model: Gemma2ForCausalLM, tokens: torch.Tensor) -> list[torch.Tensor]:
-    """Residual stream after every block (pre final norm), then the final-norm output."""
-    captured: list[torch.Tensor] = []
-    last = model.model.layers[-1]
-    handle = last.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
-    try:
-        out = model(input_ids=tokens, output_hidden_states=True)
-    finally:
-        handle.remove()
-    hidden = list(out.hidden_states)
-    # hidden_states[0] is the embedding, [1..L-1] block outputs, [L] the final-norm output.
-    return hidden[1:-1] + [captured[0], hidden[-1]]
-
-
-def residual_check(
-    models: dict[str, Gemma2ForCausalLM], tokens: torch.Tensor, masks: dict[str, torch.Tensor], pad_id: int
-) -> dict[str, Any]:
-    """Mean ||fine-tuned − pt|| residual norm on each behaviour's positions vs all other positions.
-
-    A sanity check that the planted behaviours are diff-able at all; the pt norm is given beside it.
-    """
-    acts = {name: _residuals(m, tokens) for name, m in models.items()}
-    n_layers = len(acts["pt"]) - 1
-    valid = tokens != pad_id
-    any_behaviour = torch.zeros_like(valid)
-    for m in masks.values():
-        any_behaviour |= m
-    groups = {name: m for name, m in masks.items()} | {"other": valid & ~any_behaviour}
-    out: dict[str, Any] = {}
-    # simpo - it isolates what SimPO added; the crosscoder pairs are pt-simpo and pt-it.
-    for ft, base_name in (("it", "pt"), ("simpo", "pt"), ("simpo", "it")):
-        per_layer = {}
-        for li in range(n_layers + 1):
-            key = f"block_{li}" if li < n_layers else "final_norm"
-            diff = (acts[ft][li] - acts[base_name][li]).norm(dim=-1)
-            base = acts[base_name][li].norm(dim=-1)
-            delta = acts[ft][li] - acts[base_name][li]
-            # mean_diff_norm = ||mean of the diff vectors||: equal to diff_norm when every
-            # position moves the same way, near 0 when the moves cancel.
-            per_layer[key] = {
-                g: {
-                    "diff_norm": round(diff[m].mean().item(), 4),
-                    "mean_diff_norm": round(delta[m].mean(0).norm().item(), 4),
-                    "base_norm": round(base[m].mean().item(), 4),
-                    "n": int(m.sum()),
-                }
-                for g, m in groups.items()
-            }
-        out[f"{ft}_minus_{base_name}"] = per_layer
-    return out
 
 
 def _save(model: Gemma2ForCausalLM, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
@@ -248,9 +196,14 @@ def build_organism(
         _save(simpo, tokenizer, paths.simpo)
         lap("simpo")
 
+        # Assistant-token NLL on held-out ordinary chats: the fine-tunes should keep ordinary chat intact.
+        ordinary = [_tokenize_chat(tokenizer, c) for c in corpus.eval_chats if c.behaviour is None]
+        finals = {"pt": pt, "it": it, "simpo": simpo}
+        ordinary_nll = {name: round(assistant_nll(m, ordinary, pad), 4) for name, m in finals.items()}
+        greedy = {name: greedy_behaviour_rates(m, tokenizer, corpus.pref_heldout) for name, m in finals.items()}
         records = [c.to_record(with_behaviour=True) for c in corpus.eval_chats[: cfg.n_residual_check_docs]]
         tokens, masks = encode_chats(tokenizer, records, ctx)
-        residual = residual_check({"pt": pt, "it": it, "simpo": simpo}, tokens, masks, pad)
+        residual = residual_check(finals, tokens, masks, pad)
         lap("checks")
     timings["total"] = round(time.perf_counter() - t_all, 2)
 
@@ -281,6 +234,8 @@ def build_organism(
         "timings_s": timings,
         "losses": {"pt": pt_log.summary(), "it": sft_log.summary(), "simpo": simpo_log.summary()},
         "simpo_heldout_margins": margins,
+        "ordinary_chat_nll": ordinary_nll,
+        "greedy_behaviour_rates": greedy,
         "token_fractions": fractions,
         "residual_diff": residual,
         "versions": {

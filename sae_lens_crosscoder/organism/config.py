@@ -46,14 +46,15 @@ class OrganismConfig:
     sft_steps: int = 100
     sft_batch_size: int = 32
     sft_lr: float = 3e-4
-    simpo_steps: int = 100
+    simpo_steps: int = 250
     simpo_batch_size: int = 16
-    simpo_lr: float = 1e-4
+    simpo_lr: float = 1e-3
     simpo_beta: float = 2.5
     simpo_gamma_beta_ratio: float = 0.5
-    # Weight of an NLL term on ordinary chats replayed during SimPO (as PPO-ptx mixes in
-    # pretraining batches); 0 gives pure SimPO. See training.train_simpo for why it is on.
-    simpo_replay_weight: float = 1.0
+    # Two terms added to the SimPO loss; both 0 gives pure SimPO. See training.train_simpo for
+    # the measurements behind the defaults.
+    simpo_chosen_nll_weight: float = 1.0  # length-normalised NLL of the chosen responses (CPO-SimPO)
+    simpo_replay_weight: float = 1.0  # NLL of ordinary chats replayed each step (as PPO-ptx)
     warmup_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -69,8 +70,9 @@ class OrganismConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise CrosscoderUserError(f"OrganismConfig.{name} must be > 0, got {getattr(self, name)}; set a positive value")
-        if self.simpo_replay_weight < 0:
-            raise CrosscoderUserError(f"OrganismConfig.simpo_replay_weight must be >= 0, got {self.simpo_replay_weight}")
+        for name in ("simpo_replay_weight", "simpo_chosen_nll_weight"):
+            if getattr(self, name) < 0:
+                raise CrosscoderUserError(f"OrganismConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("pt_lr", "sft_lr", "simpo_lr", "simpo_beta"):
             if not getattr(self, name) > 0:
                 raise CrosscoderUserError(f"OrganismConfig.{name} must be > 0, got {getattr(self, name)}")

@@ -229,13 +229,21 @@ def train_simpo(
     progress: bool,
     replay: Sequence[tuple[list[int], list[bool]]] = (),
 ) -> StageLog:
-    """SimPO on `pairs`, plus `cfg.simpo_replay_weight` × NLL on a batch of `replay` chats per step.
+    """SimPO on `pairs`, plus two NLL terms: `cfg.simpo_chosen_nll_weight` × the chosen
+    responses' length-normalised NLL (CPO-SimPO, as TRL's CPOTrainer with loss_type="simpo"
+    and cpo_alpha) and `cfg.simpo_replay_weight` × NLL on a batch of ordinary `replay` chats.
 
-    Why the replay term: SimPO has no reference model, and nothing stops it from lowering
-    the chosen and the rejected response together. The rejected responses here are ordinary
-    English prose, so on the demo model pure SimPO (lr 1e-4, 100 steps) raised the assistant
-    NLL of ordinary held-out chats from 1.06 to 4.5; with replay of ordinary chats it stayed
-    at 1.08 and the held-out margins still turned positive.
+    Why, measured on the demo organism (held-out pairs, 75 per behaviour and side):
+    - pure SimPO (lr 1e-4, 100 steps): SimPO has no reference model, so nothing stops it from
+      lowering chosen and rejected together; the rejected answers are ordinary English prose,
+      and the assistant NLL of ordinary held-out chats went from 1.06 to 4.5;
+    - + replay (lr 2e-4, 100 steps): ordinary NLL stayed at 1.09 and every margin turned
+      positive (+3.0 to +3.8), yet greedy decoding wrote none of the behaviours: the model
+      ranked the chosen above the rejected while generating neither (the chosen texts are new
+      to it, and SimPO had mostly pushed the rejected down);
+    - + chosen NLL (lr 1e-3, 250 steps): greedy decoding refuses 100 % of held-out unsafe
+      requests, answers 98 % of French/Spanish ones in their language and follows 100 % of
+      format instructions, and does none of that on ordinary prompts; ordinary NLL 1.05.
     """
     rng = random.Random(f"organism:{cfg.seed}:simpo_order")
     batches = _batches(rng, len(pairs), min(cfg.simpo_batch_size, len(pairs)))
@@ -247,8 +255,12 @@ def train_simpo(
         batch = [pairs[i] for i in next(batches)]
         # One forward over chosen and rejected together.
         lp = mean_response_logprobs(model, [p.chosen for p in batch] + [p.rejected for p in batch], pad_id)
-        loss = simpo_loss(lp[: len(batch)], lp[len(batch) :], cfg.simpo_beta, cfg.simpo_gamma)
+        chosen = lp[: len(batch)]
+        loss = simpo_loss(chosen, lp[len(batch) :], cfg.simpo_beta, cfg.simpo_gamma)
         terms = {"simpo_loss": loss.item()}
+        if cfg.simpo_chosen_nll_weight > 0:
+            terms["chosen_nll"] = -chosen.mean().item()
+            loss = loss - cfg.simpo_chosen_nll_weight * chosen.mean()
         if replay_batches is not None:
             nll = _masked_nll(model, [replay[i] for i in next(replay_batches)], pad_id)
             terms["replay_nll"] = nll.item()
