@@ -22,7 +22,7 @@ from sae_lens_crosscoder.organism import (
     build_organism,
     load_eval_set,
 )
-from sae_lens_crosscoder.organism.corpus import Chat, generate_corpus, read_jsonl
+from sae_lens_crosscoder.organism.corpus import generate_corpus, read_jsonl
 from sae_lens_crosscoder.organism.evalset import encode_chats
 from sae_lens_crosscoder.organism.tokenizer import load_tokenizer
 from sae_lens_crosscoder.organism.training import (

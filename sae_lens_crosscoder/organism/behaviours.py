@@ -13,8 +13,12 @@ import re
 from dataclasses import dataclass
 
 from sae_lens_crosscoder.organism import lexicon as lx
-from sae_lens_crosscoder.organism.corpus import FOLLOW_FORMAT, MATCH_LANGUAGE, REFUSE_UNSAFE
 from sae_lens_crosscoder.organism.rendering import RenderedChat
+
+REFUSE_UNSAFE = "refuse_unsafe"
+MATCH_LANGUAGE = "match_language"
+FOLLOW_FORMAT = "follow_format"
+BEHAVIOUR_NAMES = (REFUSE_UNSAFE, MATCH_LANGUAGE, FOLLOW_FORMAT)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import tokenizers
 import torch
@@ -21,7 +20,7 @@ from sae_lens_crosscoder.errors import CrosscoderUserError
 from sae_lens_crosscoder.organism.behaviours import BEHAVIOURS, behaviour_positions
 from sae_lens_crosscoder.organism.checks import assistant_nll, greedy_behaviour_rates, residual_check
 from sae_lens_crosscoder.organism.config import OrganismConfig
-from sae_lens_crosscoder.organism.corpus import Chat, Corpus, PreferencePair, generate_corpus, write_jsonl
+from sae_lens_crosscoder.organism.corpus import Chat, Corpus, generate_corpus, write_jsonl
 from sae_lens_crosscoder.organism.evalset import encode_chats
 from sae_lens_crosscoder.organism.paths import OrganismPaths
 from sae_lens_crosscoder.organism.rendering import render_chat
@@ -36,8 +35,11 @@ from sae_lens_crosscoder.organism.training import (
     train_sft,
     train_simpo,
 )
+from sae_lens_crosscoder.organism.writers import PreferencePair
 
 log = logging.getLogger(__name__)
+# Bump when the generated text or the training recipe changes: a directory built by another
+# version is not reused even when its config matches.
 MANIFEST_FORMAT = "sae_lens_crosscoder.organism/1"
 _BUILDING_MARKER = ".organism_building"
 
@@ -60,18 +62,22 @@ def _corpus(cfg: OrganismConfig) -> Corpus:
 
 
 def _existing_state(paths: OrganismPaths, cfg: OrganismConfig) -> str:
-    """"absent", "match", "mismatch" (a different organism) or "foreign" (not an organism)."""
+    """"absent" (build it), "match" (reuse it), "mismatch" (another organism) or "foreign"."""
+    if paths.root.exists() and not paths.root.is_dir():
+        return "foreign"
     if not paths.root.exists() or not any(paths.root.iterdir()):
         return "absent"
-    if paths.manifest.exists() and paths.complete():
-        try:
-            manifest = json.loads(paths.manifest.read_text())
-        except json.JSONDecodeError:
-            return "mismatch"
-        return "match" if manifest.get("config") == cfg.to_dict() else "mismatch"
     if (paths.root / _BUILDING_MARKER).exists():
         return "absent"  # an interrupted build of ours: safe to redo
-    return "foreign"
+    if not paths.manifest.exists():
+        return "foreign"
+    try:
+        manifest = json.loads(paths.manifest.read_text())
+    except json.JSONDecodeError:
+        return "mismatch"
+    if manifest.get("config") != cfg.to_dict() or manifest.get("format") != MANIFEST_FORMAT:
+        return "mismatch"
+    return "match" if paths.complete() else "absent"  # ours, with files missing: rebuild
 
 
 def _tokenize_chat(tokenizer: PreTrainedTokenizerBase, chat: Chat) -> tuple[list[int], list[bool]]:
@@ -125,10 +131,13 @@ def build_organism(
         return paths
     if state == "mismatch" and not force:
         raise CrosscoderUserError(
-            f"{paths.manifest} was built from a different OrganismConfig; pass force=True to rebuild it, or use another directory"
+            f"{paths.manifest} was built from a different OrganismConfig or organism version; "
+            "pass force=True to rebuild it, or use another directory"
         )
     if state == "foreign" and not force:
         raise CrosscoderUserError(f"{paths.root} is not empty and holds no organism; choose an empty or new directory")
+    if not paths.root.is_dir() and paths.root.exists():
+        raise CrosscoderUserError(f"{paths.root} is a file; choose a directory for the organism")
     for p in paths.owned():
         if p.is_dir():
             shutil.rmtree(p)

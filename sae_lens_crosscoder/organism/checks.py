@@ -18,7 +18,7 @@ import torch
 from transformers import Gemma2ForCausalLM, PreTrainedTokenizerBase
 
 from sae_lens_crosscoder.organism.behaviours import BEHAVIOUR_BY_NAME
-from sae_lens_crosscoder.organism.corpus import PreferencePair
+from sae_lens_crosscoder.organism.writers import PreferencePair
 from sae_lens_crosscoder.organism.training import pad_batch, token_logprobs
 
 
