@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 from sae_lens_crosscoder.analysis.config import AnalysisConfig, SelectionThresholds
+from sae_lens_crosscoder.difference.command import add_join_arguments
 from sae_lens_crosscoder.errors import CrosscoderUserError
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--crosscoder", required=True, help="directory of a trained crosscoder (SAELens format)")
+    parser.add_argument("--crosscoder", "--sae", dest="crosscoder", required=True,
+                        help="directory of a trained crosscoder, or of a difference SAE (SAELens format)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--activations", help="paired activation cache to analyse on")
     source.add_argument("--config", help="run config with the models and dataset (live activations, CE/KL evals)")
@@ -40,6 +42,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-report", action="store_true", help="skip plots and report.html")
     parser.add_argument("--no-progress", action="store_true")
+    add_join_arguments(parser)
 
 
 def _floats(text: str, what: str, n: int) -> list[float]:
@@ -97,26 +100,29 @@ def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
 def run(args: argparse.Namespace) -> int:
     from sae_lens_crosscoder.analysis.pipeline import analyze
     from sae_lens_crosscoder.analysis.sources import LiveSource, load_tokenizer, open_live_store
+    from sae_lens_crosscoder.difference import command as difference
+    from sae_lens_crosscoder.difference.sae import is_difference_sae
 
     cfg = config_from_args(args)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    if args.activations:
-        result = analyze(args.crosscoder, args.out, cfg, activations=args.activations, tokenizer=tokenizer,
-                         make_report=not args.no_report)
-    else:
+    is_difference = is_difference_sae(args.crosscoder)
+    if not is_difference:
+        difference.check_crosscoder_args(args)
+    activations, source = args.activations, None
+    if not args.activations:
         from sae_lens_crosscoder.config import CrosscoderRunnerConfig
 
         run_cfg = CrosscoderRunnerConfig.from_file(args.config)
         if run_cfg.cached_activations_path and not run_cfg.dataset_path and not run_cfg.datasets:
-            result = analyze(args.crosscoder, args.out, cfg, activations=run_cfg.cached_activations_path,
-                             tokenizer=tokenizer, make_report=not args.no_report)
+            activations = run_cfg.cached_activations_path
         else:
             source = LiveSource(open_live_store(run_cfg), model_names=run_cfg.model_names or None)
-            result = analyze(args.crosscoder, args.out, cfg, source=source, tokenizer=tokenizer,
-                             make_report=not args.no_report)
+    if is_difference:
+        result = difference.run_difference(args, cfg, tokenizer, activations, source)
+    else:
+        result = analyze(args.crosscoder, args.out, cfg, activations=activations, source=source, tokenizer=tokenizer,
+                         make_report=not args.no_report)
     summary = result.summary
-    print(
-        f"analysed {summary['n_tokens']} tokens -> {result.out_dir} | "
-        f"{json.dumps(summary['class_counts'])}"
-    )
+    counts = summary.get("join", {}).get("verdict_counts", summary["class_counts"])
+    print(f"analysed {summary['n_tokens']} tokens -> {result.out_dir} | {json.dumps(counts)}")
     return 0

@@ -51,16 +51,13 @@ def build_latent_table(
     a, b = norms[:, first], norms[:, second]
     delta = 0.5 * ((b - a) / torch.maximum(a, b).clamp(min=1e-12) + 1.0)
     cos = torch.nn.functional.cosine_similarity(decoder[:, first].double(), decoder[:, second].double(), dim=-1)
-    count64 = count.double().cpu()
     d_sae = decoder.shape[0]
     data: dict[str, object] = {"latent": np.arange(d_sae, dtype=np.int64)}
     for m, name in enumerate(model_names):
         data[f"dec_norm_{name}"] = norms[:, m].numpy()
     data["delta_norm"] = delta.numpy()
     data["cos_sim"] = cos.cpu().numpy()
-    data["freq"] = (count64 / max(n_tokens, 1)).numpy()
-    data["max_act"] = max_act.double().cpu().numpy()
-    data["mean_act"] = torch.where(count64 > 0, sum_act.double().cpu() / count64.clamp(min=1), 0.0).numpy()
+    data.update(firing_columns(count, n_tokens, max_act, sum_act))
     data["nu_error"] = scaling.nu_error.cpu().numpy()
     data["nu_reconstruction"] = scaling.nu_reconstruction.cpu().numpy()
     data["nu_error_reverse"] = scaling.nu_error_reverse.cpu().numpy()
@@ -73,6 +70,18 @@ def build_latent_table(
     for column in ("nu_error", "nu_reconstruction"):
         table[f"{column}_rank"] = table[column].rank(method="min", na_option="keep")
     return table
+
+
+def firing_columns(
+    count: torch.Tensor, n_tokens: int, max_act: torch.Tensor, sum_act: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """freq, max_act and mean_act (mean activation when firing) from the pass's sums."""
+    count64 = count.double().cpu()
+    return {
+        "freq": (count64 / max(n_tokens, 1)).numpy(),
+        "max_act": max_act.double().cpu().numpy(),
+        "mean_act": torch.where(count64 > 0, sum_act.double().cpu() / count64.clamp(min=1), 0.0).numpy(),
+    }
 
 
 def classify(

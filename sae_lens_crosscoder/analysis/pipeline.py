@@ -221,10 +221,18 @@ def analyze(
 ) -> AnalysisResult:
     """Analyse a crosscoder (a directory or a loaded crosscoder) on a paired cache
     (`activations`) or any `ActivationSource` (e.g. `LiveSource(store)`); write the outputs
-    described in the package docstring to `out_dir`."""
+    described in the package docstring to `out_dir`. A difference SAE's directory is
+    analysed by `difference.analyze_difference` (without a join)."""
     cfg = cfg or AnalysisConfig()
     crosscoder_path = str(crosscoder) if isinstance(crosscoder, (str, Path)) else None
     if crosscoder_path is not None:
+        from sae_lens_crosscoder.difference.sae import is_difference_sae
+
+        if is_difference_sae(crosscoder_path):  # the same outputs, for an SAE on the activation difference
+            from sae_lens_crosscoder.difference.analysis import analyze_difference
+
+            return analyze_difference(crosscoder_path, out_dir, cfg, activations=activations, source=source,
+                                      tokenizer=tokenizer, make_report=make_report)
         crosscoder = load_crosscoder(crosscoder_path, cfg.device)
     elif not isinstance(crosscoder, CrosscoderMixin):
         raise CrosscoderUserError("analyze needs a crosscoder (an SAE with a model axis), not a plain SAE")

@@ -46,7 +46,7 @@ def write_plots(table: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> 
     ax.set_xlabel(f"relative decoder norm  (0 = {first} only, 1 = {second} only)")
     ax.set_ylabel("latents (log)")
     ax.set_title(f"Δnorm of {len(alive)} live latents ({len(table) - len(alive)} dead not shown)")
-    files.append(_save(fig, out_dir / DELTA_NORM_PNG))
+    files.append(save_figure(fig, out_dir / DELTA_NORM_PNG))
 
     # each side's nu is read for the latents leaning to that side: the other side's decoder
     # may be a near-zero vector whose direction, and so whose nu, is noise
@@ -69,7 +69,7 @@ def write_plots(table: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> 
             ax.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("ν error (other model / own model)")
     fig.suptitle(f"Latent Scaling, clipped to {list(clip)}")
-    files.append(_save(fig, out_dir / NU_SCATTER_PNG))
+    files.append(save_figure(fig, out_dir / NU_SCATTER_PNG))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     shared = table.loc[table["class"] == "shared", "cos_sim"].dropna()
@@ -81,11 +81,11 @@ def write_plots(table: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> 
         ax.set_title("decoder cosine of shared latents")
     ax.set_xlabel(f"cos(d_{first}, d_{second})")
     ax.set_ylabel("latents")
-    files.append(_save(fig, out_dir / COS_SIM_PNG))
+    files.append(save_figure(fig, out_dir / COS_SIM_PNG))
     return files
 
 
-def _save(fig: Any, path: Path) -> str:
+def save_figure(fig: Any, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -206,7 +206,7 @@ def _cell(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _kv_table(rows: list[tuple[str, Any]]) -> str:
+def kv_table(rows: list[tuple[str, Any]]) -> str:
     return '<table class="kv">' + "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(fmt(v))}</td></tr>" for k, v in rows
     ) + "</table>"
@@ -256,10 +256,10 @@ def build_report(out_dir: str | Path, max_cards: int | None = None) -> Path:
     thresholds = [(k, v) for k, v in summary.get("thresholds", {}).items()]
     classes = list(summary.get("class_counts", {}).items())
     parts = [
-        f'<section id="summary"><h2>Summary</h2>{_kv_table(facts)}'
-        f"<h3>Latents per class</h3>{_kv_table(classes)}"
+        f'<section id="summary"><h2>Summary</h2>{kv_table(facts)}'
+        f"<h3>Latents per class</h3>{kv_table(classes)}"
         f"<h3>Per-model evals</h3>{_evals_table(evals)}"
-        f"<h3>Thresholds</h3>{_kv_table(thresholds)}</section>"
+        f"<h3>Thresholds</h3>{kv_table(thresholds)}</section>"
     ]
     figures = "".join(
         f'<figure><img src="{_image(out / name)}" alt="{html.escape(caption)}">'
