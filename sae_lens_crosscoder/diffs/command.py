@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 
 from sae_lens_crosscoder.diffs.pipeline import STEPS
 from sae_lens_crosscoder.errors import CrosscoderUserError
@@ -25,15 +26,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redo", action="append", default=[], choices=STEPS,
                         help="rerun this step (and what depends on it); repeatable")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[CROSSCODER:]KEY=VALUE",
-                        help="run-config override for every crosscoder, or one (e.g. pt-it:training_tokens=1e6)")
+                        help="run-config override for every crosscoder and difference SAE, or one (e.g. pt-it:training_tokens=1e6)")
     parser.add_argument("--share", choices=SHARES, help="share definition for the shift (default: the diff's)")
     parser.add_argument("--weight", choices=WEIGHTS, help="count labels or weight them by confidence")
     parser.add_argument("--n-bootstrap", type=int)
     add_labeller_arguments(parser, default=None)
 
 
-def split_overrides(items: list[str], crosscoders: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {name: [] for name in crosscoders}
+def split_overrides(
+    items: list[str], crosscoders: list[str], differences: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """Per-spec overrides. An untargeted key=value applies to every crosscoder and difference
+    SAE, except crosscoder keys (architecture, l1_coefficient, ...), which a difference SAE
+    takes only when targeted at it."""
+    from sae_lens_crosscoder.diffs.registry import CROSSCODER_ONLY_KEYS
+
+    out: dict[str, list[str]] = {name: [] for name in [*crosscoders, *differences]}
     for item in items:
         if "=" not in item:
             raise CrosscoderUserError(f"--set {item!r} is not [CROSSCODER:]KEY=VALUE; write e.g. --set lr=1e-4")
@@ -45,7 +53,8 @@ def split_overrides(items: list[str], crosscoders: list[str]) -> dict[str, list[
             out[target].append(f"{key}={value}")
         else:
             for name in out:
-                out[name].append(item)
+                if not (name in differences and key.strip() in CROSSCODER_ONLY_KEYS):
+                    out[name].append(item)
     return out
 
 
@@ -57,13 +66,14 @@ def run(args: argparse.Namespace) -> int:
         for name in list_diffs():
             diff = get_diff(name)
             sets = f"{diff.set_b.name} vs {diff.set_a.name}"
-            print(f"{name}\n    {diff.description}\n    crosscoders: {', '.join(c.name for c in diff.crosscoders)}; "
+            differences = f"; difference SAEs: {', '.join(d.name for d in diff.difference_saes)}" if diff.difference_saes else ""
+            print(f"{name}\n    {diff.description}\n    crosscoders: {', '.join(c.name for c in diff.crosscoders)}{differences}; "
                   f"sets: {sets}; taxonomy {diff.taxonomy}; {len(diff.references)} reference results")
         return 0
     if not args.name:
         raise CrosscoderUserError("name a diff (sae-lens-crosscoder diff NAME) or pass --list")
     diff = get_diff(args.name)
-    overrides = split_overrides(args.overrides, [c.name for c in diff.crosscoders])
+    overrides = split_overrides(args.overrides, [c.name for c in diff.crosscoders], [d.name for d in diff.difference_saes])
     if args.show:
         configs = diff.run_configs(args.out, overrides)
         print(json.dumps({"diff": diff.to_dict(), "root": str(diff.root(args.out)),

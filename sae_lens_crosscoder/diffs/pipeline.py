@@ -7,11 +7,13 @@ Layout under the diff's root (default ``runs/<name>``)::
     <crosscoder>/crosscoder/          the trained crosscoder (SAELens format)
     <crosscoder>/analysis/            latents.parquet, examples.jsonl, summary.json, report.html
     <crosscoder>/analysis/labels_<set>.parquet
+    <difference>/sae/                 a difference SAE (SAELens format), trained on its crosscoder's data
+    <difference>/analysis/            its analysis joined to that crosscoder (join.parquet, ...)
     shift/                            shift.csv, shift.json, shift.png
     report.html                       the diff's report
 
-Order: per crosscoder cache -> train -> analyze; per latent set label; then shift, then
-report. A step runs when forced (``force`` / ``redo``), when its artifacts are missing or
+Order: per crosscoder cache -> train -> analyze; per difference SAE (cache ->) train ->
+analyze; per latent set label; then shift, then report. A step runs when forced (``force`` / ``redo``), when its artifacts are missing or
 were made with other settings (another labeller, another share definition), or when a
 step it depends on ran in this invocation; otherwise it is skipped.
 """
@@ -184,10 +186,10 @@ def run_diff(
     for step in redo:
         if step not in STEPS:
             raise CrosscoderUserError(f"--redo {step!r}: steps are {', '.join(STEPS)}")
-    unknown = set(config_overrides or {}) - {c.name for c in diff.crosscoders}
+    unknown = set(config_overrides or {}) - set(diff.spec_names)
     if unknown:
         raise CrosscoderUserError(
-            f"overrides name crosscoder(s) {sorted(unknown)}; this diff has {', '.join(c.name for c in diff.crosscoders)}"
+            f"overrides name crosscoder(s) {sorted(unknown)}; this diff has {', '.join(diff.spec_names)}"
         )
     steps = steps or default_steps()
     layout = DiffLayout(diff.root(root))
@@ -219,6 +221,7 @@ def run_diff(
 
     # ---- per crosscoder: cache, train, analyse --------------------------------------------
     crosscoder_ran: dict[str, bool] = {}
+    cache_ran: dict[str, bool] = {}
     for spec in diff.crosscoders:
         cfg = configs[spec.name]
         out = Path(cfg.output_path)
@@ -227,6 +230,7 @@ def run_diff(
         if spec.cache:
             upstream |= plan.step("cache", spec.name, cache_done(cfg.cached_activations_path), upstream,
                                   lambda cfg=cfg: steps.cache(cfg), [Path(cfg.cached_activations_path)])
+        cache_ran[spec.name] = upstream
         upstream |= plan.step("train", spec.name, training_done(out), upstream,
                               lambda cfg=cfg: steps.train(cfg), [out])
         upstream |= plan.step("analyze", spec.name, analysis_done(analysis), upstream,
@@ -234,6 +238,27 @@ def run_diff(
                               steps.analyze(out, analysis, cfg, dict(spec.analysis)),
                               [analysis])
         crosscoder_ran[spec.name] = upstream
+
+    # ---- per difference SAE: (cache,) train on the crosscoder's data, analyse joined to it ------
+    for dspec in diff.difference_saes:
+        cfg = configs[dspec.name]
+        out = Path(cfg.output_path)
+        analysis = layout.analysis_dir(dspec.name)
+        upstream = cache_ran.get(dspec.crosscoder or "", False)  # its training data changed
+        if dspec.cache:
+            upstream |= plan.step("cache", dspec.name, cache_done(cfg.cached_activations_path), upstream,
+                                  lambda cfg=cfg: steps.cache(cfg), [Path(cfg.cached_activations_path)])
+        upstream |= plan.step("train", dspec.name, training_done(out), upstream, lambda cfg=cfg: steps.train(cfg), [out])
+        options = dict(dspec.analysis)
+        if dspec.crosscoder:
+            options.update(join_crosscoder=configs[dspec.crosscoder].output_path,
+                           crosscoder_analysis=str(layout.analysis_dir(dspec.crosscoder)), join=dict(dspec.join))
+        upstream |= plan.step("analyze", dspec.name, analysis_done(analysis),
+                              upstream or crosscoder_ran.get(dspec.crosscoder or "", False),
+                              lambda cfg=cfg, out=out, analysis=analysis, options=options:
+                              steps.analyze(out, analysis, cfg, options),
+                              [analysis])
+        crosscoder_ran[dspec.name] = upstream
 
     # ---- per latent set: label -------------------------------------------------------------
     def label(side: LatentSetSpec) -> None:
@@ -304,12 +329,13 @@ def write_diff_report(diff: ModelDiff, layout: DiffLayout) -> Path:
         write_section(analysis, "50_category_shift", shift_html)
         set_sections.append(section)
         published = f"{side.published_count} ({html.escape(side.published_source)})" if side.published_count else "n/a"
-        sizes.append(f"<tr><td>{html.escape(side.name)}</td><td>{html.escape(side.crosscoder)}</td>"
+        source = " (difference SAE)" if side.source == "difference" else ""
+        sizes.append(f"<tr><td>{html.escape(side.name)}</td><td>{html.escape(side.crosscoder + source)}</td>"
                      f"<td>{html.escape(side.model)}</td><td>{html.escape(side.resolved_selection().describe())}</td>"
                      f"<td>{labels['latent'].nunique()}</td><td>{published}</td>"
                      f"<td><a href='{html.escape(side.crosscoder)}/analysis/report.html'>analysis report</a></td></tr>")
-    for spec in diff.crosscoders:
-        rebuild_report(layout.analysis_dir(spec.name))
+    for name in diff.spec_names:
+        rebuild_report(layout.analysis_dir(name))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in diff.notes)
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(diff.name)}</title></head>

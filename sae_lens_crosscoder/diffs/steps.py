@@ -23,7 +23,9 @@ class Steps:
     # train(run_config): train and save the crosscoder at run_config.output_path
     train: Callable[[Any], Any]
     # analyze(crosscoder_dir, out_dir, run_config, analysis_options): write latents.parquet,
-    # examples.jsonl, summary.json and report.html to out_dir
+    # examples.jsonl, summary.json and report.html to out_dir. For a difference SAE
+    # (run_config.mode "difference") the options may also hold join_crosscoder,
+    # crosscoder_analysis (directories) and join (JoinThresholds fields).
     analyze: Callable[[Path, Path, Any, dict[str, Any]], Any]
 
 
@@ -51,15 +53,25 @@ def analyze_step(crosscoder_dir: Path, out_dir: Path, cfg: Any, options: dict[st
             f"this install has no analysis step ({exc}); run `sae-lens-crosscoder analyze` into {out_dir} "
             "yourself and rerun the diff: finished steps are skipped"
         ) from None
-    analysis_cfg = AnalysisConfig.from_dict(dict(options))
+    options = dict(options)
+    join = {key: options.pop(key) for key in ("join_crosscoder", "crosscoder_analysis", "join") if key in options}
+    analysis_cfg = AnalysisConfig.from_dict(options)
     if cfg.cached_activations_path:
         # the cache manifest names no tokenizer the analysis can load, so examples would be
         # token ids; the models the diff names share one, and labelling needs the text
-        return analyze(crosscoder_dir, out_dir, analysis_cfg, activations=cfg.cached_activations_path,
-                       tokenizer=_tokenizer(cfg))
-    from sae_lens_crosscoder.analysis.sources import LiveSource, open_live_store
+        data: dict[str, Any] = {"activations": cfg.cached_activations_path, "tokenizer": _tokenizer(cfg)}
+    else:
+        from sae_lens_crosscoder.analysis.sources import LiveSource, open_live_store
 
-    return analyze(crosscoder_dir, out_dir, analysis_cfg, source=LiveSource(open_live_store(cfg), cfg.model_names))
+        data = {"source": LiveSource(open_live_store(cfg), cfg.model_names)}
+    if cfg.mode == "difference":
+        from sae_lens_crosscoder.difference.analysis import analyze_difference
+        from sae_lens_crosscoder.difference.join import JoinThresholds
+
+        return analyze_difference(crosscoder_dir, out_dir, analysis_cfg, join_crosscoder=join.get("join_crosscoder"),
+                                  crosscoder_analysis=join.get("crosscoder_analysis"),
+                                  join_thresholds=JoinThresholds.from_dict(join.get("join") or {}), **data)
+    return analyze(crosscoder_dir, out_dir, analysis_cfg, **data)
 
 
 def _tokenizer(cfg: Any) -> Any:

@@ -22,7 +22,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set-name", help="name of this latent set in reports (default: the output file's stem)")
     sel = parser.add_argument_group("selection")
     sel.add_argument("--select", choices=RULES, default="latent_scaling",
-                     help="which latents: Latent Scaling ratios, delta_norm, the analysis's class column, or all")
+                     help="which latents: Latent Scaling ratios, delta_norm, the analysis's class column, the most "
+                          "frequent (e.g. a difference SAE's), or all")
     sel.add_argument("--model", help="whose exclusive latents (default: the last, fine-tuned, model)")
     sel.add_argument("--nu-error-max", type=float, default=0.2)
     sel.add_argument("--nu-reconstruction-max", type=float, default=0.5)

@@ -10,6 +10,9 @@
 - ``delta_norm``: ``delta_norm >= delta_norm_min`` (default 0.9) for the second model,
   ``<= 1 - delta_norm_min`` for the first.
 - ``class``: the analysis's own ``class`` column equals ``only:<model>``.
+- ``frequency``: latents that fired in the analysis (``freq > 0``), most frequent first;
+  with ``max_latents``, the top n by frequency. The rule for a difference SAE's analysis
+  (``summary.json`` kind ``difference``), whose latents have no model to be exclusive to.
 - ``all``: every latent.
 
 ``max_latents`` keeps the most exclusive ones (lowest ``nu_error``, or highest / lowest
@@ -28,12 +31,13 @@ from sae_lens_crosscoder.errors import CrosscoderUserError
 if TYPE_CHECKING:
     import pandas as pd
 
-RULES = ("latent_scaling", "delta_norm", "class", "all")
+RULES = ("latent_scaling", "delta_norm", "class", "frequency", "all")
+DIFFERENCE_RULES = ("frequency", "all")
 
 
 @dataclass
 class SelectionRule:
-    rule: Literal["latent_scaling", "delta_norm", "class", "all"] = "latent_scaling"
+    rule: Literal["latent_scaling", "delta_norm", "class", "frequency", "all"] = "latent_scaling"
     model: str | None = None  # whose exclusive latents; None = the last (fine-tuned) model
     nu_error_max: float = 0.2
     nu_reconstruction_max: float = 0.5
@@ -55,6 +59,8 @@ class SelectionRule:
             text = f"delta_norm >= {self.delta_norm_min if self.delta_norm_min is not None else 0.9}"
         elif self.rule == "class":
             text = f"class == only:{self.model or '<fine-tuned model>'}"
+        elif self.rule == "frequency":
+            text = "latents that fired, most frequent first"
         else:
             text = "all latents"
         return text + (f", at most {self.max_latents}" if self.max_latents else "")
@@ -127,6 +133,11 @@ def select_latents(analysis: AnalysisDir, rule: SelectionRule) -> list[int]:
         raise CrosscoderUserError(
             f"model {rule.model!r} is not in this analysis (models: {', '.join(models)}); name one of them"
         )
+    if analysis.summary.get("kind") == "difference" and rule.rule not in DIFFERENCE_RULES:
+        raise CrosscoderUserError(
+            f"{analysis.path} analyses a difference SAE, whose latents are not exclusive to a model; select "
+            f"with rule {' or '.join(DIFFERENCE_RULES)} (--select frequency --max-latents N: the N most frequent)"
+        )
     model = rule.model if rule.model is not None else (pair[1] if pair else None)
     is_first = pair is not None and model == pair[0]
     if pair is not None and model not in pair and rule.rule in ("latent_scaling", "delta_norm"):
@@ -136,6 +147,10 @@ def select_latents(analysis: AnalysisDir, rule: SelectionRule) -> list[int]:
 
     if rule.rule == "all":
         picked = frame.sort_values("latent")
+    elif rule.rule == "frequency":
+        if "freq" not in frame.columns:
+            raise CrosscoderUserError(f"{analysis.path}/latents.parquet has no freq column; rerun the analysis")
+        picked = frame[frame["freq"] > 0].sort_values(["freq", "latent"], ascending=[False, True])
     elif rule.rule == "class":
         if "class" not in frame.columns:
             raise CrosscoderUserError(f"{analysis.path}/latents.parquet has no 'class' column; use another rule")
