@@ -324,3 +324,13 @@ def test_live_models_and_the_analyze_entry_point(planted: dict[str, Any], tmp_pa
 
     routed = analyze(planted["diff"], tmp_path / "routed", ANALYSIS, activations=planted["eval"], make_report=False)
     assert routed.summary["kind"] == "difference" and "join_verdict" not in routed.table.columns
+
+
+def test_saved_again_the_sae_is_still_a_difference_sae(planted: dict[str, Any], tmp_path: Path) -> None:
+    """SAE.load_from_disk and save_model keep metadata.difference_of, which is how analyze
+    recognises the SAE, and the reloaded copy analyses identically."""
+    SAE.load_from_disk(planted["diff"]).save_model(tmp_path / "again")
+    first = analyze(planted["diff"], tmp_path / "a", ANALYSIS, activations=planted["eval"], make_report=False)
+    again = analyze(tmp_path / "again", tmp_path / "b", ANALYSIS, activations=planted["eval"], make_report=False)
+    assert again.summary["difference_of"] == {"base": "pt", "finetuned": "ft"}
+    pd.testing.assert_frame_equal(first.table, again.table)
