@@ -89,12 +89,16 @@ class JoinThresholds:
 
 @torch.no_grad()
 def raw_decoder_difference(crosscoder: Any, base: int, finetuned: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Δd [d_sae, d_model], Δb [d_model]) in raw activation space, float64 (module docstring)."""
+    """(Δd [d_sae, d_model], Δb [d_model]) in raw activation space (module docstring), float32
+    on the crosscoder's device; one d_sae x d_model tensor is allocated (a large crosscoder's
+    decoder does not fit twice)."""
     n, d = crosscoder.n_models, crosscoder.d_model
-    scale = crosscoder.activation_scaling_factors.detach().double().cpu()
-    W = crosscoder.decoder().detach().double().cpu().unflatten(-1, (n, d)) / scale[None, :, None]
-    b = crosscoder.b_dec.detach().double().cpu().unflatten(-1, (n, d)) / scale[:, None]
-    return W[:, finetuned] - W[:, base], b[finetuned] - b[base]
+    W = crosscoder.decoder().detach().unflatten(-1, (n, d))
+    b = crosscoder.b_dec.detach().unflatten(-1, (n, d))
+    scale = [float(s) for s in crosscoder.activation_scaling_factors.detach().float().cpu()]
+    delta = W[:, finetuned].float() / scale[finetuned]
+    delta.sub_(W[:, base].float(), alpha=1.0 / scale[base])
+    return delta, b[finetuned].float() / scale[finetuned] - b[base].float() / scale[base]
 
 
 class CoFiring:
@@ -194,9 +198,9 @@ def compute_join(
     delta_decoder: Δd [d_cc, d_model] raw; cc_delta_norm: each crosscoder latent's relative
     decoder norm of the pair (0 base only, 1 fine-tuned only); cc_classes: the crosscoder
     analysis's `class` column indexed by latent, if known."""
-    units = stats.units.detach().double().cpu()
+    delta = delta_decoder.float()
+    units = stats.units.detach().float().to(delta.device)
     d_diff, d_cc = stats.d_diff, stats.d_cc
-    delta = delta_decoder.double().cpu()
     delta_norm = delta.norm(dim=-1).clamp(min=1e-12)
     f_count = diff_count.cpu().numpy().astype(np.float64)
     g_count = stats.cc_count.numpy().astype(np.float64)
@@ -209,9 +213,10 @@ def compute_join(
     along = np.zeros(i.size)
     step = max(1, chunk_elements // max(1, units.shape[1]))
     for lo in range(0, i.size, step):
-        hi = min(i.size, lo + step)
-        along[lo:hi] = (units[i[lo:hi]] * delta[j[lo:hi]]).sum(-1).numpy()
-    cos = along / delta_norm.numpy()[j] if i.size else np.zeros(0)
+        ii = torch.from_numpy(i[lo : lo + step]).to(delta.device)
+        jj = torch.from_numpy(j[lo : lo + step]).to(delta.device)
+        along[lo : lo + step] = (units[ii] * delta[jj]).sum(-1).double().cpu().numpy()
+    cos = along / delta_norm.double().cpu().numpy()[j] if i.size else np.zeros(0)
     precision = n / np.maximum(g_count[j], 1)
     recall = n / np.maximum(f_count[i], 1)
     jaccard = n / np.maximum(f_count[i] + g_count[j] - n, 1)
@@ -223,14 +228,13 @@ def compute_join(
     # best by cosine over every crosscoder latent (co-firing or not), in chunks of difference latents
     k = min(thresholds.n_candidates, d_cc)
     live = np.flatnonzero(f_count > 0)
-    unit_delta = delta / delta_norm[:, None]
     top_cos_rows = []
     rows_per_chunk = max(1, chunk_elements // max(1, d_cc))
     for lo in range(0, live.size, rows_per_chunk):
         chunk = torch.from_numpy(live[lo : lo + rows_per_chunk])
-        top = (units[chunk] @ unit_delta.T).topk(k, dim=-1)
+        values, indices = ((units[chunk.to(delta.device)] @ delta.T) / delta_norm).topk(k, dim=-1)
         for r, latent in enumerate(chunk.tolist()):
-            for rank, (value, cc_latent) in enumerate(zip(top.values[r].tolist(), top.indices[r].tolist()), 1):
+            for rank, (value, cc_latent) in enumerate(zip(values[r].tolist(), indices[r].tolist()), 1):
                 top_cos_rows.append((latent, cc_latent, value, rank))
     top_cos = pd.DataFrame(top_cos_rows, columns=["diff_latent", "cc_latent", "cos", "cos_rank"])
 
