@@ -4,7 +4,9 @@ on planted data (built once per test session)."""
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,7 @@ def trained_l1() -> dict[str, Any]:
     from sae_lens_crosscoder.synthetic import PairedSyntheticSource, planted_paired_features, write_synthetic_cache
 
     root = Path(tempfile.mkdtemp(prefix="analysis_l1_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # shared across tests, removed at exit
     features = planted_paired_features(
         d_model=16, n_shared=6, n_exclusive=3, n_weaker=3, weak_factor=0.25, weaker_model=0, seed=0
     )
