@@ -166,24 +166,33 @@ def test_join_reports_no_match_for_a_crosscoder_trained_without_the_change(plant
     assert result.summary["evals"]["per_model"]["crosscoder"]["fve"] < 0.1
 
 
-def absorbing_crosscoder(scaling: tuple[float, float] = (2.0, 0.5), share: float = 0.3) -> Crosscoder:
+def absorbing_crosscoder(scaling: tuple[float, float] = (2.0, 0.5), share: float = 0.3,
+                         detector: bool = False) -> Crosscoder:
     """By hand: latents 0-9 read the shared features, latent 10 the template feature; the
     fine-tuned decoder of latent 10 adds share * 2.0 * u (the template-bound change averaged
     over all template tokens). Weights in the normalised space of unequal scaling factors,
-    where the decoder difference does not point along u: only the raw one does."""
+    where the decoder difference does not point along u: only the raw one does. With
+    `detector`, latent 11 fires on exactly the changed tokens (it reads u in the fine-tuned
+    block) but its decoder difference is a hundredth of u: it marks the change without
+    reconstructing it."""
     shared, t, u = basis()
     s0, s1 = scaling
-    cfg = CrosscoderConfig(d_in=2 * D, d_sae=11, n_models=2, dtype="float32", device="cpu")
+    cfg = CrosscoderConfig(d_in=2 * D, d_sae=12 if detector else 11, n_models=2, dtype="float32", device="cpu")
     cfg.metadata.model_names = list(NAMES)
     cc = Crosscoder(cfg)
     reads = torch.cat([shared, t[None]])  # [11, D]
     with torch.no_grad():
         cc.W_enc.zero_()
-        cc.W_enc[:D] = (reads / s0).T  # the base block: latent k = <x_base, read_k> >= 0
+        cc.W_enc[:D, :11] = (reads / s0).T  # the base block: latent k = <x_base, read_k> >= 0
         cc.b_enc.fill_(-1e-3)  # float round-off leaves ~1e-8 on orthogonal directions
         cc.b_dec.zero_()
-        dec = torch.stack([reads * s0, reads * s1], dim=1)
+        dec = torch.zeros(cfg.d_sae, 2, D)
+        dec[:11] = torch.stack([reads * s0, reads * s1], dim=1)
         dec[10, 1] += s1 * share * 2.0 * u
+        if detector:
+            cc.W_enc[D:, 11] = u / s1
+            cc.b_enc[11] = -0.5  # above the fine-tune's 0.02 noise, below the change's 2.0
+            dec[11, 1] = s1 * 0.01 * u
         cc.W_dec.copy_(dec.flatten(1))
         cc.set_activation_scaling_factors(list(scaling))
     return cc
@@ -208,6 +217,16 @@ def test_join_sees_a_change_absorbed_into_a_template_latent(planted: dict[str, A
     assert row["join_recall"] == 1.0 and row["join_precision"] == pytest.approx(row["join_jaccard"])
     assert 0.25 < row["join_jaccard"] < 0.35  # the change sits on about 30 % of the template tokens
     assert row["join_carried"] == pytest.approx(0.3, abs=0.01) and row["join_explained"] == pytest.approx(0.3, abs=0.01)
+    # a latent that fires on exactly the changed tokens but does not reconstruct the change is
+    # no match: the carried share decides, and the change stays absorbed in latent 10
+    marked = analyze_difference(planted["diff"], tmp_path / "marked", ANALYSIS, activations=planted["eval_template"],
+                                join_crosscoder=absorbing_crosscoder(detector=True), make_report=False)
+    marked_row = marked.table.loc[row.name]
+    assert marked_row["join_best_jaccard_latent"] == 11 and marked_row["join_best_jaccard"] == 1.0
+    assert marked_row["join_verdict"] == "absorbed" and marked_row["join_latent"] == 10
+    pairs = pd.read_parquet(tmp_path / "marked" / "join.parquet")
+    detector = pairs[(pairs["diff_latent"] == row.name) & (pairs["cc_latent"] == 11)].iloc[0]
+    assert detector["cos"] == pytest.approx(1.0, abs=1e-4) and detector["carried"] < 0.01
     # a stricter carried cut leaves no good match at all
     strict = analyze_difference(planted["diff"], tmp_path / "strict", ANALYSIS, activations=planted["eval_template"],
                                 join_crosscoder=cc, join_thresholds=JoinThresholds(carried_min=0.5), make_report=False)

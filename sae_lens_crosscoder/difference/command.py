@@ -23,7 +23,7 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--join-jaccard-min", type=float, default=defaults.jaccard_min,
                        help="match: jaccard of the firing tokens at least")
     group.add_argument("--join-carried-min", type=float, default=defaults.carried_min,
-                       help="absorbed: share of the change one crosscoder latent carries, at least")
+                       help="match and absorbed: share of the change one crosscoder latent carries, at least")
     group.add_argument("--join-recall-min", type=float, default=defaults.recall_min,
                        help="absorbed: share of the difference latent's tokens the carrier fires on, at least")
     group.add_argument("--join-candidates", type=int, default=defaults.n_candidates,

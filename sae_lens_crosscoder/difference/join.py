@@ -26,8 +26,12 @@ Statistics for difference latent i and crosscoder latent j, over the analysed to
 
 Verdict per live difference latent (thresholds in `JoinThresholds`):
 
-- `match`: some crosscoder latent has cos >= cos_min and jaccard >= jaccard_min — it points
-  along the change and fires where the change is (the one with the highest jaccard);
+- `match`: some crosscoder latent has cos >= cos_min, jaccard >= jaccard_min and carried >=
+  carried_min — it points along the change, fires where the change is, and its term
+  reconstructs a real part of it (the one with the highest jaccard). The carried cut
+  matters: a crosscoder can learn a latent that fires on exactly the changed tokens while
+  another latent carries the change itself (measured on a planted template-bound change:
+  jaccard 0.70, cos 0.57, carried 0.03);
 - `absorbed`: no match, but some crosscoder latent carries >= carried_min of the change
   while firing on >= recall_min of i's tokens — the change is represented inside a latent
   that also fires elsewhere (e.g. the latent of a surrounding template token); the largest
@@ -242,7 +246,8 @@ def compute_join(
     by_jaccard = cofiring.sort_values(["diff_latent", "jaccard"], ascending=[True, False], kind="stable")
     by_carried = cofiring.sort_values(["diff_latent", "carried"], ascending=[True, False], kind="stable",
                                       na_position="last")
-    matches = by_jaccard[(by_jaccard["cos"] >= thresholds.cos_min) & (by_jaccard["jaccard"] >= thresholds.jaccard_min)]
+    matches = by_jaccard[(by_jaccard["cos"] >= thresholds.cos_min) & (by_jaccard["jaccard"] >= thresholds.jaccard_min)
+                         & (by_jaccard["carried"] >= thresholds.carried_min)]
     absorbers = by_carried[(by_carried["carried"] >= thresholds.carried_min)
                            & (by_carried["recall"] >= thresholds.recall_min)]
     match_of = matches.drop_duplicates("diff_latent").set_index("diff_latent")

@@ -93,7 +93,8 @@ def difference_view_html(out_dir: str | Path, crosscoder_analysis: str | Path | 
         "<b>jaccard</b>, <b>precision</b>, <b>recall</b> compare their firing tokens; <b>carried</b> is the share "
         "of the change along u<sub>i</sub> on i's tokens that j's term reconstructs, <b>cc explains</b> the share "
         "the whole crosscoder reconstructs. "
-        f"<b>match</b>: cos ≥ {t['cos_min']} and jaccard ≥ {t['jaccard_min']}; <b>absorbed</b>: no match, but one "
+        f"<b>match</b>: cos ≥ {t['cos_min']}, jaccard ≥ {t['jaccard_min']} and carried ≥ {t['carried_min']}; "
+        "<b>absorbed</b>: no match, but one "
         f"latent carries ≥ {t['carried_min']} while firing on ≥ {t['recall_min']} of i's tokens (it also fires "
         "elsewhere); <b>none</b>: no good match. Without a match the best-cosine latent is shown.</p>"
         f'<div style="display:flex;gap:24px;flex-wrap:wrap"><div><h3>Difference SAE</h3>{left}</div>'
