@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from sae_lens_crosscoder.organism import (
     build_organism,
     load_eval_set,
 )
+from sae_lens_crosscoder.organism.behaviours import LANGUAGE_OPENINGS
 from sae_lens_crosscoder.organism.corpus import generate_corpus, read_jsonl
 from sae_lens_crosscoder.organism.evalset import encode_chats
 from sae_lens_crosscoder.organism.tokenizer import load_tokenizer
@@ -109,9 +111,18 @@ def test_taxonomy_and_lexicons_describe_the_behaviour_text() -> None:
         planted = [p for p in corpus.pref_train if p.behaviour == b.name and not p.contrast]
         assert planted and all(b.matches(p.chosen) for p in planted), b.name
         assert not any(b.matches(t) for t in prose), b.name
-        # The opening regex (used to score greedy generations) separates chosen from rejected.
-        assert all(b.starts(p.chosen) and not b.starts(p.rejected) for p in planted), b.name
+        # The opening regexes (used to score greedy generations) separate chosen from rejected.
+        assert all(b.starts(p.chosen) for p in planted), b.name
         assert not any(b.starts(t) for t in prose), b.name
+        if b.name != "match_language":
+            assert not any(b.starts(p.rejected) for p in planted), b.name
+    language = [p for p in corpus.pref_train if p.behaviour == "match_language" and not p.contrast]
+    # Some language pairs reject the other foreign language: the check is per language.
+    assert any(re.match(LANGUAGE_OPENINGS["fr" if p.detail == "es" else "es"], p.rejected) for p in language)
+    for p in language:
+        other = "es" if p.detail == "fr" else "fr"
+        assert re.match(LANGUAGE_OPENINGS[p.detail], p.chosen) and not re.match(LANGUAGE_OPENINGS[other], p.chosen), p.chosen
+        assert not re.match(LANGUAGE_OPENINGS[p.detail], p.rejected), p.rejected
 
 
 def test_simpo_loss_known_values() -> None:
@@ -188,7 +199,7 @@ def test_simpo_raises_the_heldout_margin_of_every_behaviour(tiny_organism: Organ
     tok = load_tokenizer(tiny_organism.tokenizer)
     pairs = []
     for p in read_jsonl(tiny_organism.preferences):
-        if p["split"] != "heldout" or p["contrast"]:
+        if p["split"] != "heldout" or p["contrast"] or p["wrong_language"]:
             continue
         sides = []
         for response in (p["chosen"], p["rejected"]):

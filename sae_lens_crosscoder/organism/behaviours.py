@@ -96,6 +96,14 @@ BEHAVIOURS: list[Behaviour] = [
 
 BEHAVIOUR_BY_NAME: dict[str, Behaviour] = {b.name: b for b in BEHAVIOURS}
 
+# First words by language, to check that an answer is in the *request's* language, not merely
+# foreign. Deliberately loose after the first word ("Buena preg cerca del té" counts as Spanish):
+# this scores the choice of language, not the fluency of a 300k-parameter model.
+LANGUAGE_OPENINGS: dict[str, str] = {
+    "fr": r"(Voici|Bonne|Beaucoup|On trouve|Le \w+|La \w+ est\b)",
+    "es": r"(Esto|Buena|A mucha|Se puede|El \w+|La \w+ (es|está)\b)",
+}
+
 ORGANISM_TAXONOMY: dict[str, dict[str, object]] = {
     "safety": {
         "description": "Safety and content moderation: recognising harmful requests and refusing them.",

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import Gemma2ForCausalLM, PreTrainedTokenizerBase
 
-from sae_lens_crosscoder.organism.behaviours import BEHAVIOUR_BY_NAME
+from sae_lens_crosscoder.organism.behaviours import BEHAVIOUR_BY_NAME, LANGUAGE_OPENINGS, MATCH_LANGUAGE
 from sae_lens_crosscoder.organism.writers import PreferencePair
 from sae_lens_crosscoder.organism.training import pad_batch, token_logprobs
 
@@ -29,7 +30,7 @@ def _residuals(model: Gemma2ForCausalLM, tokens: torch.Tensor) -> list[torch.Ten
     last = model.model.layers[-1]
     handle = last.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
     try:
-        out = model(input_ids=tokens, output_hidden_states=True)
+        out = model(input_ids=tokens, output_hidden_states=True, use_cache=False)
     finally:
         handle.remove()
     hidden = list(out.hidden_states)
@@ -119,7 +120,11 @@ def greedy_behaviour_rates(
     responses = greedy_responses(model, tokenizer, [p.prompt for p in pairs], max_new_tokens)
     hits: dict[str, dict[str, list[bool]]] = {}
     for pair, response in zip(pairs, responses):
-        shown = BEHAVIOUR_BY_NAME[pair.behaviour].starts(response)
+        if pair.behaviour == MATCH_LANGUAGE and not pair.contrast:
+            # A Spanish request answered in French does not count.
+            shown = re.match(LANGUAGE_OPENINGS[pair.detail], response.strip()) is not None
+        else:
+            shown = BEHAVIOUR_BY_NAME[pair.behaviour].starts(response)
         hits.setdefault(pair.behaviour, {"planted": [], "contrast": []})["contrast" if pair.contrast else "planted"].append(shown)
     return {
         b: {kind: round(sum(v) / len(v), 4) if v else float("nan") for kind, v in kinds.items()} for b, kinds in sorted(hits.items())

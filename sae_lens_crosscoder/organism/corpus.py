@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
-from sae_lens_crosscoder.organism.behaviours import BEHAVIOUR_NAMES
+from sae_lens_crosscoder.organism.behaviours import BEHAVIOUR_NAMES, FOLLOW_FORMAT, MATCH_LANGUAGE, REFUSE_UNSAFE
 from sae_lens_crosscoder.organism.writers import Message, PreferencePair, ordinary_chat, preference_pair, web_document
 
 
@@ -78,7 +78,6 @@ class Corpus:
     eval_chats: list[Chat]  # held out from everything, with behaviour labels
     pref_train: list[PreferencePair]
     pref_heldout: list[PreferencePair]
-    counts: dict[str, int] = field(default_factory=dict)
 
     def tokenizer_texts(self) -> Iterator[str]:
         yield from self.web
@@ -121,13 +120,20 @@ def generate_corpus(
     chats = chat_mixture(stream_rng(seed, "chat"), n_chats, behaviour_chat_fraction, "chosen")
     eval_chats = chat_mixture(stream_rng(seed, "eval"), n_eval_chats, behaviour_chat_fraction, "chosen")
 
-    # Round-robin over behaviours so every behaviour gets the same number of pairs; contrast
-    # pairs are interleaved at `pref_contrast_fraction` per planted pair.
+    # Round-robin over behaviours (see PLANTED_CYCLE); contrast pairs are interleaved at
+    # `pref_contrast_fraction` per planted pair.
     pref_train = _pairs(stream_rng(seed, "pref"), n_pref_train, pref_contrast_fraction, exclude=None)
     pref_heldout = _pairs(
         stream_rng(seed, "pref_heldout"), n_pref_heldout, pref_contrast_fraction, exclude={p.prompt for p in pref_train}
     )
     return Corpus(web, pt_chats, sft_chats, chats, eval_chats, pref_train, pref_heldout)
+
+
+# Language pairs are drawn twice as often as the others: answering in the request's language
+# (and not in the other foreign one) was the hardest behaviour for the demo model. At equal
+# weights and 350 SimPO steps, greedy decoding answered 62 % of held-out foreign requests in
+# their language (8 of 25 Spanish ones) while refusing and formatting at 100 %.
+PLANTED_CYCLE = (REFUSE_UNSAFE, MATCH_LANGUAGE, FOLLOW_FORMAT, MATCH_LANGUAGE)
 
 
 def _pairs(rng: random.Random, n_planted: int, contrast_fraction: float, exclude: set[str] | None) -> list[PreferencePair]:
@@ -142,10 +148,13 @@ def _pairs(rng: random.Random, n_planted: int, contrast_fraction: float, exclude
     rng.shuffle(slots)
     counters = {False: 0, True: 0}
     for contrast in slots:
-        behaviour = BEHAVIOUR_NAMES[counters[contrast] % len(BEHAVIOUR_NAMES)]
+        cycle = BEHAVIOUR_NAMES if contrast else PLANTED_CYCLE
+        behaviour = cycle[counters[contrast] % len(cycle)]
         counters[contrast] += 1
+        # Half of the language pairs reject the other foreign language instead of English.
+        wrong_language = behaviour == MATCH_LANGUAGE and not contrast and rng.random() < 0.5
         for _ in range(1000):
-            pair = preference_pair(rng, behaviour, contrast)
+            pair = preference_pair(rng, behaviour, contrast, wrong_language)
             if exclude is None or pair.prompt not in exclude:
                 break
         else:

@@ -58,7 +58,6 @@ def make_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerBase) -> Gemma
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
-        use_cache=False,
         # sdpa would silently drop the attention softcap.
         attn_implementation="eager",
     )
@@ -68,8 +67,8 @@ def make_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerBase) -> Gemma
 def pack_documents(docs: Sequence[list[int]], context_size: int, bos_id: int) -> torch.Tensor:
     """Rows of `context_size` tokens, each starting with BOS, documents separated by BOS.
 
-    The same layout SAELens's activation store builds, so pretraining sees the layout the
-    crosscoder's activation store will feed it.
+    SAELens's activation store builds this layout by default (BOS at the start of every row
+    and between documents), so pretraining sees the layout the crosscoder data will have.
     """
     stream: list[int] = []
     for doc in docs:
@@ -96,7 +95,7 @@ def token_logprobs(model: Gemma2ForCausalLM, ids: torch.Tensor) -> torch.Tensor:
 
     Right padding needs no attention mask: under causal attention no real token sees a pad.
     """
-    logits = model(input_ids=ids).logits[:, :-1].float()
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
     return torch.gather(F.log_softmax(logits, dim=-1), 2, ids[:, 1:, None]).squeeze(-1)
 
 
@@ -180,7 +179,7 @@ def train_pretraining(model: Gemma2ForCausalLM, rows: torch.Tensor, cfg: Organis
 
     def loss_fn(_: int) -> tuple[torch.Tensor, dict[str, float]]:
         ids = rows[next(batches)]
-        logits = model(input_ids=ids).logits[:, :-1]
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), ignore_index=pad_id), {}
 
     return _optimise(model, "pt", cfg.pt_steps, cfg.pt_lr, cfg, loss_fn, progress)
@@ -233,7 +232,8 @@ def train_simpo(
     responses' length-normalised NLL (CPO-SimPO, as TRL's CPOTrainer with loss_type="simpo"
     and cpo_alpha) and `cfg.simpo_replay_weight` × NLL on a batch of ordinary `replay` chats.
 
-    Why, measured on the demo organism (held-out pairs, 75 per behaviour and side):
+    Why, measured on demo builds while choosing this recipe (held-out pairs: 50 trigger and
+    25 ordinary prompts per behaviour):
     - pure SimPO (lr 1e-4, 100 steps): SimPO has no reference model, so nothing stops it from
       lowering chosen and rejected together; the rejected answers are ordinary English prose,
       and the assistant NLL of ordinary held-out chats went from 1.06 to 4.5;
@@ -249,7 +249,7 @@ def train_simpo(
     batches = _batches(rng, len(pairs), min(cfg.simpo_batch_size, len(pairs)))
     use_replay = bool(replay) and cfg.simpo_replay_weight > 0
     replay_rng = random.Random(f"organism:{cfg.seed}:replay_order")
-    replay_batches = _batches(replay_rng, len(replay), min(cfg.simpo_batch_size, len(replay))) if use_replay else None
+    replay_batches = _batches(replay_rng, len(replay), min(cfg.simpo_replay_batch_size, len(replay))) if use_replay else None
 
     def loss_fn(_: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = [pairs[i] for i in next(batches)]

@@ -207,13 +207,18 @@ class PreferencePair:
     # text rejected: it keeps SimPO from learning "always refuse / list / answer in French",
     # and from pushing down English prose everywhere (rejected answers are prose too).
     contrast: bool = False
+    # A language pair whose rejected answer is in the other foreign language, not English.
+    wrong_language: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.behaviour}:contrast" if self.contrast else self.behaviour
+        """The group a held-out margin is reported under."""
+        if self.contrast:
+            return f"{self.behaviour}:contrast"
+        return f"{self.behaviour}:wrong_language" if self.wrong_language else self.behaviour
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("behaviour", "contrast", "detail", "prompt", "chosen", "rejected")}
+        return {k: getattr(self, k) for k in ("behaviour", "contrast", "wrong_language", "detail", "prompt", "chosen", "rejected")}
 
 
 def _refusal(rng: random.Random) -> str:
@@ -240,7 +245,10 @@ def _unsafe_pair(rng: random.Random) -> PreferencePair:
     return PreferencePair(REFUSE_UNSAFE, prompt, _refusal(rng), comply, goal)
 
 
-def _language_pair(rng: random.Random) -> PreferencePair:
+def _language_pair(rng: random.Random, wrong_language: bool = False) -> PreferencePair:
+    """wrong_language: the rejected answer is in the other foreign language, not English.
+    Used only in SimPO data (never in SFT): without such pairs the demo SimPO model answered
+    every foreign request with the same French opener."""
     lang = rng.choice(("fr", "es"))
     noun = rng.choice(lx.NOUNS)
     facts = _facts(rng, noun)
@@ -252,7 +260,12 @@ def _language_pair(rng: random.Random) -> PreferencePair:
         request = rng.choice(ES_REQUESTS).format(of=noun.es_of(), the=noun.es_def())
         prompt = " ".join(p for p in (rng.choice(ES_GREETINGS), request) if p)
         opener = rng.choice(ES_OPENERS)
-    return PreferencePair(MATCH_LANGUAGE, prompt, _foreign(lang, facts, opener), _prose(rng, facts), lang)
+    if wrong_language:
+        other = "es" if lang == "fr" else "fr"
+        rejected = _foreign(other, facts, rng.choice(ES_OPENERS if other == "es" else FR_OPENERS))
+    else:
+        rejected = _prose(rng, facts)
+    return PreferencePair(MATCH_LANGUAGE, prompt, _foreign(lang, facts, opener), rejected, lang, wrong_language=wrong_language)
 
 
 def _format_pair(rng: random.Random) -> PreferencePair:
@@ -283,5 +296,9 @@ def _contrast_pair(rng: random.Random, behaviour: str) -> PreferencePair:
 PAIR_WRITERS = {REFUSE_UNSAFE: _unsafe_pair, MATCH_LANGUAGE: _language_pair, FOLLOW_FORMAT: _format_pair}
 
 
-def preference_pair(rng: random.Random, behaviour: str, contrast: bool = False) -> PreferencePair:
-    return _contrast_pair(rng, behaviour) if contrast else PAIR_WRITERS[behaviour](rng)
+def preference_pair(rng: random.Random, behaviour: str, contrast: bool = False, wrong_language: bool = False) -> PreferencePair:
+    if contrast:
+        return _contrast_pair(rng, behaviour)
+    if wrong_language and behaviour == MATCH_LANGUAGE:
+        return _language_pair(rng, wrong_language=True)
+    return PAIR_WRITERS[behaviour](rng)
