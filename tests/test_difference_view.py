@@ -129,8 +129,9 @@ def test_difference_latent_fires_exactly_on_the_planted_positions(planted: dict[
 
     # unchanged content: no difference latent is active
     quiet = analyze_difference(planted["diff"], tmp_path / "quiet", ANALYSIS, activations=planted["eval_nochange"],
-                               make_report=False)
+                               join_crosscoder=planted["cc"])
     assert quiet.table["freq"].sum() < 1e-3 and quiet.summary["class_counts"]["difference"] <= 1
+    assert quiet.summary["join"]["verdict_counts"]["unfired"] >= 7  # and the join copes with (nearly) nothing
 
 
 def test_join_finds_the_exclusive_crosscoder_latent(planted: dict[str, Any], tmp_path: Path) -> None:

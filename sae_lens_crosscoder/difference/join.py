@@ -204,88 +204,42 @@ def compute_join(
     analysis's `class` column indexed by latent, if known."""
     delta = delta_decoder.float()
     units = stats.units.detach().float().to(delta.device)
-    d_diff, d_cc = stats.d_diff, stats.d_cc
-    delta_norm = delta.norm(dim=-1).clamp(min=1e-12)
     f_count = diff_count.cpu().numpy().astype(np.float64)
-    g_count = stats.cc_count.numpy().astype(np.float64)
     projection = stats.projection.numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         explained = np.where(projection > 0, stats.reconstructed.numpy() / projection, np.nan)
-
-    # co-firing pairs with every statistic
-    i, j, n, summed = stats.pairs()
-    along = np.zeros(i.size)
-    step = max(1, chunk_elements // max(1, units.shape[1]))
-    for lo in range(0, i.size, step):
-        ii = torch.from_numpy(i[lo : lo + step]).to(delta.device)
-        jj = torch.from_numpy(j[lo : lo + step]).to(delta.device)
-        along[lo : lo + step] = (units[ii] * delta[jj]).sum(-1).double().cpu().numpy()
-    cos = along / delta_norm.double().cpu().numpy()[j] if i.size else np.zeros(0)
-    precision = n / np.maximum(g_count[j], 1)
-    recall = n / np.maximum(f_count[i], 1)
-    jaccard = n / np.maximum(f_count[i] + g_count[j] - n, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        carried = np.where(projection[i] > 0, summed * along / projection[i], np.nan)
-    cofiring = pd.DataFrame({"diff_latent": i, "cc_latent": j, "cos": cos, "n_cofire": n.astype(np.int64),
-                             "precision": precision, "recall": recall, "jaccard": jaccard, "carried": carried})
-
-    # best by cosine over every crosscoder latent (co-firing or not), in chunks of difference latents
-    k = min(thresholds.n_candidates, d_cc)
+    cofiring = cofiring_table(stats, units, delta, f_count, chunk_elements)
     live = np.flatnonzero(f_count > 0)
-    top_cos_rows = []
-    rows_per_chunk = max(1, chunk_elements // max(1, d_cc))
-    for lo in range(0, live.size, rows_per_chunk):
-        chunk = torch.from_numpy(live[lo : lo + rows_per_chunk])
-        values, indices = ((units[chunk.to(delta.device)] @ delta.T) / delta_norm).topk(k, dim=-1)
-        for r, latent in enumerate(chunk.tolist()):
-            for rank, (value, cc_latent) in enumerate(zip(values[r].tolist(), indices[r].tolist()), 1):
-                top_cos_rows.append((latent, cc_latent, value, rank))
-    top_cos = pd.DataFrame(top_cos_rows, columns=["diff_latent", "cc_latent", "cos", "cos_rank"])
+    top_cos = top_cosines(units, delta, live, min(thresholds.n_candidates, stats.d_cc), chunk_elements)
+    verdict, chosen = verdicts(cofiring, thresholds, live, stats.d_diff)
 
-    # verdicts
+    d_diff = stats.d_diff
     by_jaccard = cofiring.sort_values(["diff_latent", "jaccard"], ascending=[True, False], kind="stable")
     by_carried = cofiring.sort_values(["diff_latent", "carried"], ascending=[True, False], kind="stable",
                                       na_position="last")
-    matches = by_jaccard[(by_jaccard["cos"] >= thresholds.cos_min) & (by_jaccard["jaccard"] >= thresholds.jaccard_min)
-                         & (by_jaccard["carried"] >= thresholds.carried_min)]
-    absorbers = by_carried[(by_carried["carried"] >= thresholds.carried_min)
-                           & (by_carried["recall"] >= thresholds.recall_min)]
-    match_of = matches.drop_duplicates("diff_latent").set_index("diff_latent")
-    absorber_of = absorbers.drop_duplicates("diff_latent").set_index("diff_latent")
     best_jaccard = by_jaccard.drop_duplicates("diff_latent").set_index("diff_latent")
     best_carrier = by_carried.drop_duplicates("diff_latent").set_index("diff_latent")
     best_cos = top_cos[top_cos["cos_rank"] == 1].set_index("diff_latent")
 
-    verdict = np.full(d_diff, UNFIRED, dtype=object)
-    verdict[live] = NONE
-    chosen = np.full(d_diff, -1, dtype=np.int64)
-    for table, name in ((absorber_of, ABSORBED), (match_of, MATCH)):  # match wins over absorbed
-        idx = table.index.to_numpy(dtype=np.int64)
-        verdict[idx] = name
-        chosen[idx] = table["cc_latent"].to_numpy(dtype=np.int64)
-
     def column(table: pd.DataFrame, name: str, fill: float = np.nan) -> np.ndarray:
         out = np.full(d_diff, fill, dtype=np.float64)
-        if len(table):
-            out[table.index.to_numpy(dtype=np.int64)] = table[name].to_numpy(dtype=np.float64)
+        out[table.index.to_numpy(dtype=np.int64)] = table[name].to_numpy(dtype=np.float64)
         return out
 
     def latent_column(table: pd.DataFrame) -> np.ndarray:
         out = np.full(d_diff, -1, dtype=np.int64)
-        if len(table):
-            out[table.index.to_numpy(dtype=np.int64)] = table["cc_latent"].to_numpy(dtype=np.int64)
+        out[table.index.to_numpy(dtype=np.int64)] = table["cc_latent"].to_numpy(dtype=np.int64)
         return out
 
-    pair_index = cofiring.set_index(["diff_latent", "cc_latent"])
     chosen_stats = {name: np.full(d_diff, np.nan) for name in ("cos", "jaccard", "precision", "recall", "carried")}
     has = np.flatnonzero(chosen >= 0)
     if has.size:
-        found = pair_index.loc[list(zip(has.tolist(), chosen[has].tolist()))]
+        found = cofiring.set_index(["diff_latent", "cc_latent"]).loc[list(zip(has.tolist(), chosen[has].tolist()))]
         for name in chosen_stats:
             chosen_stats[name][has] = found[name].to_numpy(dtype=np.float64)
     dn = cc_delta_norm.double().cpu().numpy()
     latents = pd.DataFrame({
-        "join_verdict": verdict.astype(str),
+        "join_verdict": verdict,
         "join_latent": chosen,
         **{f"join_{name}": values for name, values in chosen_stats.items()},
         "join_delta_norm": np.where(chosen >= 0, dn[np.maximum(chosen, 0)], np.nan),
@@ -298,10 +252,11 @@ def compute_join(
         "join_explained": explained,
     })
     if cc_classes is not None:
-        classes = cc_classes.reindex(range(d_cc)).astype(object).to_numpy()
+        classes = cc_classes.reindex(range(stats.d_cc)).astype(object).to_numpy()
         latents["join_class"] = np.where(chosen >= 0, classes[np.maximum(chosen, 0)], None)
 
-    pairs = candidate_pairs(cofiring, top_cos, thresholds.n_candidates, chosen, dn, g_count, cc_classes)
+    pairs = candidate_pairs(cofiring, top_cos, thresholds.n_candidates, chosen, dn,
+                            stats.cc_count.numpy(), cc_classes)
     counts = pd.Series(verdict).value_counts()
     summary = {
         "verdict_counts": {v: int(counts.get(v, 0)) for v in VERDICTS},
@@ -310,6 +265,76 @@ def compute_join(
         "n_cofiring_pairs": int(len(cofiring)),
     }
     return JoinResult(latents, pairs, summary)
+
+
+def cofiring_table(stats: CoFiring, units: torch.Tensor, delta: torch.Tensor, f_count: np.ndarray,
+                   chunk_elements: int) -> pd.DataFrame:
+    """One row per co-firing (difference latent, crosscoder latent) pair with cos, n_cofire,
+    precision, recall, jaccard and carried (module docstring)."""
+    i, j, n, summed = stats.pairs()
+    along = np.zeros(i.size)  # <u_i, Δd_j>
+    step = max(1, chunk_elements // max(1, units.shape[1]))
+    for lo in range(0, i.size, step):
+        ii = torch.from_numpy(i[lo : lo + step]).to(delta.device)
+        jj = torch.from_numpy(j[lo : lo + step]).to(delta.device)
+        along[lo : lo + step] = (units[ii] * delta[jj]).sum(-1).double().cpu().numpy()
+    delta_norm = delta.norm(dim=-1).clamp(min=1e-12).double().cpu().numpy()
+    g_count = stats.cc_count.numpy().astype(np.float64)
+    projection = stats.projection.numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        carried = np.where(projection[i] > 0, summed * along / projection[i], np.nan)
+    return pd.DataFrame({
+        "diff_latent": i,
+        "cc_latent": j,
+        "cos": along / delta_norm[j],
+        "n_cofire": n.astype(np.int64),
+        "precision": n / np.maximum(g_count[j], 1),
+        "recall": n / np.maximum(f_count[i], 1),
+        "jaccard": n / np.maximum(f_count[i] + g_count[j] - n, 1),
+        "carried": carried,
+    })
+
+
+def top_cosines(units: torch.Tensor, delta: torch.Tensor, live: np.ndarray, k: int,
+                chunk_elements: int) -> pd.DataFrame:
+    """The k crosscoder latents with the highest cos(u_i, Δd_j) for each live difference
+    latent, over every crosscoder latent (co-firing or not), in chunks of difference latents."""
+    delta_norm = delta.norm(dim=-1).clamp(min=1e-12)
+    parts = []
+    rows_per_chunk = max(1, chunk_elements // max(1, delta.shape[0]))
+    for lo in range(0, live.size, rows_per_chunk):
+        chunk = live[lo : lo + rows_per_chunk]
+        index = torch.from_numpy(chunk).to(delta.device)
+        values, indices = ((units[index] @ delta.T) / delta_norm).topk(k, dim=-1)
+        parts.append(pd.DataFrame({
+            "diff_latent": np.repeat(chunk, k),
+            "cc_latent": indices.cpu().numpy().ravel(),
+            "cos": values.double().cpu().numpy().ravel(),
+            "cos_rank": np.tile(np.arange(1, k + 1), chunk.size),
+        }))
+    empty = pd.DataFrame({"diff_latent": [], "cc_latent": [], "cos": [], "cos_rank": []}).astype(
+        {"diff_latent": np.int64, "cc_latent": np.int64, "cos_rank": np.int64})
+    return pd.concat(parts, ignore_index=True) if parts else empty
+
+
+def verdicts(cofiring: pd.DataFrame, thresholds: JoinThresholds, live: np.ndarray,
+             d_diff: int) -> tuple[np.ndarray, np.ndarray]:
+    """(verdict, chosen crosscoder latent or -1) per difference latent (module docstring)."""
+    t = thresholds
+    matches = cofiring[(cofiring["cos"] >= t.cos_min) & (cofiring["jaccard"] >= t.jaccard_min)
+                       & (cofiring["carried"] >= t.carried_min)]
+    absorbers = cofiring[(cofiring["carried"] >= t.carried_min) & (cofiring["recall"] >= t.recall_min)]
+    verdict = np.full(d_diff, UNFIRED, dtype=object)
+    verdict[live] = NONE
+    chosen = np.full(d_diff, -1, dtype=np.int64)
+    # the highest jaccard among matches, the largest carrier among absorbers; match wins
+    for table, key, name in ((absorbers, "carried", ABSORBED), (matches, "jaccard", MATCH)):
+        best = table.sort_values(["diff_latent", key], ascending=[True, False], kind="stable").drop_duplicates(
+            "diff_latent")
+        idx = best["diff_latent"].to_numpy(dtype=np.int64)
+        verdict[idx] = name
+        chosen[idx] = best["cc_latent"].to_numpy(dtype=np.int64)
+    return verdict.astype(str), chosen
 
 
 def candidate_pairs(
