@@ -99,6 +99,8 @@ def cache_activations(
     if store is None:
         store = PairedActivationsStore.from_config(cfg)
     manifest["excluded_token_ids"] = store.excluded_ids
+    # where the analysis finds the tokenizer to turn cached token ids back into text
+    manifest["tokenizer"] = getattr(store.tokenizer, "name_or_path", None) or cfg.model_names[0]
     if existing:
         _check_resumable(path, existing, manifest, ["excluded_token_ids"])
         _remove_unlisted_shards(path, existing.get("shards", []))

@@ -137,3 +137,16 @@ def test_cache_shards_must_be_whole_chunks(live_config, tmp_path, capsys):
     path.write_text(yaml.safe_dump(live_config(cache_shard_tokens=500).to_dict()))
     assert cli.main(["cache", str(path), "--out", str(tmp_path / "c")]) == 2
     assert "multiple of cache_chunk_tokens" in capsys.readouterr().err
+
+
+def test_cache_names_its_tokenizer_so_analysis_examples_are_text(live_config, tiny_pair_models, tmp_path):
+    from sae_lens_crosscoder.analysis.sources import CacheSource
+
+    cfg = live_config(cache_token_budget=600)
+    out = cache_activations(cfg, tmp_path / "cache", store=store_for(cfg, tiny_pair_models), progress=False)
+    manifest = json.loads((out / "cache.json").read_text())
+    tokenizer = tiny_pair_models[1]
+    assert manifest["tokenizer"] == tokenizer.name_or_path
+    source = CacheSource(out)  # no tokenizer passed: found through the manifest
+    assert source.tokenizer is not None
+    assert source.tokenizer.get_vocab() == tokenizer.get_vocab()

@@ -186,12 +186,21 @@ class CacheSource:
 
 
 def load_tokenizer_from_manifest(manifest: dict[str, Any]) -> Any:
-    """A tokenizer named by the cache manifest (`tokenizer_path` / `tokenizer`), loaded
-    offline from a local directory; None if there is none or it cannot be loaded."""
+    """A tokenizer named by the cache manifest (`tokenizer_path` / `tokenizer`): a local
+    directory, or a hub id when the hub is reachable; None if there is none or it cannot be
+    loaded (examples then show token ids)."""
     for key in ("tokenizer_path", "tokenizer"):
         name = manifest.get(key)
-        if name and Path(name).is_dir():
+        if not name:
+            continue
+        if Path(name).is_dir():
             return load_tokenizer(name)
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(name)
+        except Exception:  # offline, gated or unknown: fall back to token ids
+            return None
     return None
 
 
