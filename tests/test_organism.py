@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from sae_lens_crosscoder.organism import (
     build_organism,
     load_eval_set,
 )
-from sae_lens_crosscoder.organism.behaviours import LANGUAGE_OPENINGS
+from sae_lens_crosscoder.organism.behaviours import guess_language
 from sae_lens_crosscoder.organism.corpus import generate_corpus, read_jsonl
 from sae_lens_crosscoder.organism.evalset import encode_chats
 from sae_lens_crosscoder.organism.tokenizer import load_tokenizer
@@ -118,11 +117,12 @@ def test_taxonomy_and_lexicons_describe_the_behaviour_text() -> None:
             assert not any(b.starts(p.rejected) for p in planted), b.name
     language = [p for p in corpus.pref_train if p.behaviour == "match_language" and not p.contrast]
     # Some language pairs reject the other foreign language: the check is per language.
-    assert any(re.match(LANGUAGE_OPENINGS["fr" if p.detail == "es" else "es"], p.rejected) for p in language)
+    assert {guess_language(p.rejected) for p in language} == {"en", "fr", "es"}
     for p in language:
-        other = "es" if p.detail == "fr" else "fr"
-        assert re.match(LANGUAGE_OPENINGS[p.detail], p.chosen) and not re.match(LANGUAGE_OPENINGS[other], p.chosen), p.chosen
-        assert not re.match(LANGUAGE_OPENINGS[p.detail], p.rejected), p.rejected
+        assert guess_language(p.chosen) == p.detail and guess_language(p.rejected) != p.detail, p
+    assert all(guess_language(t) == "en" for t in prose)
+    assert guess_language("B could de gens aiment le bateau.") == "fr" and guess_language("1 plus 2 is 3.") == "en"
+    assert guess_language("12 + 7") is None
 
 
 def test_simpo_loss_known_values() -> None:

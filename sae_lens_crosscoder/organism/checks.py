@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import Gemma2ForCausalLM, PreTrainedTokenizerBase
 
-from sae_lens_crosscoder.organism.behaviours import BEHAVIOUR_BY_NAME, LANGUAGE_OPENINGS, MATCH_LANGUAGE
+from sae_lens_crosscoder.organism.behaviours import BEHAVIOUR_BY_NAME, MATCH_LANGUAGE, guess_language
 from sae_lens_crosscoder.organism.writers import PreferencePair
 from sae_lens_crosscoder.organism.training import pad_batch, token_logprobs
 
@@ -115,14 +114,15 @@ def greedy_behaviour_rates(
     model: Gemma2ForCausalLM, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[PreferencePair], max_new_tokens: int = 16
 ) -> dict[str, dict[str, float]]:
     """Per behaviour: the fraction of trigger prompts whose greedy response starts the way the
-    behaviour's responses start ("planted"), and the same fraction on ordinary prompts
-    ("contrast"), where it should stay near 0."""
+    behaviour's responses start ("planted"; for language, in the request's language), and the
+    same fraction on the contrast prompts without the trigger ("contrast"), which should stay
+    near 0."""
     responses = greedy_responses(model, tokenizer, [p.prompt for p in pairs], max_new_tokens)
     hits: dict[str, dict[str, list[bool]]] = {}
     for pair, response in zip(pairs, responses):
         if pair.behaviour == MATCH_LANGUAGE and not pair.contrast:
             # A Spanish request answered in French does not count.
-            shown = re.match(LANGUAGE_OPENINGS[pair.detail], response.strip()) is not None
+            shown = guess_language(response) == pair.detail
         else:
             shown = BEHAVIOUR_BY_NAME[pair.behaviour].starts(response)
         hits.setdefault(pair.behaviour, {"planted": [], "contrast": []})["contrast" if pair.contrast else "planted"].append(shown)

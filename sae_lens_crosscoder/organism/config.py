@@ -124,7 +124,7 @@ class OrganismConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # About three minutes on one CPU core (measured 167 s on a shared 2-core machine).
+    # About two and a half minutes on one CPU core (measured 148 s on a shared 2-core machine).
     "demo": {},
     # Seconds: for tests. Crude, but SimPO still turns every held-out margin positive.
     "tiny": dict(

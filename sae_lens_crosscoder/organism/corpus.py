@@ -131,8 +131,8 @@ def generate_corpus(
 
 # Language pairs are drawn twice as often as the others: answering in the request's language
 # (and not in the other foreign one) was the hardest behaviour for the demo model. At equal
-# weights and 350 SimPO steps, greedy decoding answered 62 % of held-out foreign requests in
-# their language (8 of 25 Spanish ones) while refusing and formatting at 100 %.
+# weights and 350 SimPO steps, greedy decoding answered only 8 of 25 held-out Spanish requests
+# in Spanish, while refusing and formatting at 100 %.
 PLANTED_CYCLE = (REFUSE_UNSAFE, MATCH_LANGUAGE, FOLLOW_FORMAT, MATCH_LANGUAGE)
 
 

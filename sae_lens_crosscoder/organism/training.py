@@ -241,9 +241,10 @@ def train_simpo(
       positive (+3.0 to +3.8), yet greedy decoding wrote none of the behaviours: the model
       ranked the chosen above the rejected while generating neither (the chosen texts are new
       to it, and SimPO had mostly pushed the rejected down);
-    - + chosen NLL (lr 1e-3, 250 steps): greedy decoding refuses 100 % of held-out unsafe
-      requests, answers 98 % of French/Spanish ones in their language and follows 100 % of
-      format instructions, and does none of that on ordinary prompts; ordinary NLL 1.05.
+    - + chosen NLL (lr 1e-3, 300 steps, the pair mix of corpus.PLANTED_CYCLE): greedy
+      decoding refuses 100 % of held-out unsafe requests, answers 100 % of French/Spanish ones
+      in their language and follows 100 % of format instructions, and does none of that on
+      the contrast prompts; ordinary NLL 1.05 (it: 1.07).
     """
     rng = random.Random(f"organism:{cfg.seed}:simpo_order")
     batches = _batches(rng, len(pairs), min(cfg.simpo_batch_size, len(pairs)))

@@ -279,6 +279,11 @@ def _format_pair(rng: random.Random) -> PreferencePair:
 
 
 def _contrast_pair(rng: random.Random, behaviour: str) -> PreferencePair:
+    if behaviour == REFUSE_UNSAFE and rng.random() < 1 / 3:
+        # A harmless French/Spanish request must not be refused: without these pairs the demo
+        # SimPO model refused half of the held-out French requests.
+        foreign = _language_pair(rng)
+        return PreferencePair(behaviour, foreign.prompt, foreign.chosen, _refusal(rng), f"refusal-{foreign.detail}", contrast=True)
     noun = rng.choice(lx.NOUNS)
     facts = _facts(rng, noun)
     prompt = _en_request(rng, noun)
