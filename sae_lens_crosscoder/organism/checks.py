@@ -127,5 +127,5 @@ def greedy_behaviour_rates(
             shown = BEHAVIOUR_BY_NAME[pair.behaviour].starts(response)
         hits.setdefault(pair.behaviour, {"planted": [], "contrast": []})["contrast" if pair.contrast else "planted"].append(shown)
     return {
-        b: {kind: round(sum(v) / len(v), 4) if v else float("nan") for kind, v in kinds.items()} for b, kinds in sorted(hits.items())
+        b: {kind: round(sum(v) / len(v), 4) if v else None for kind, v in kinds.items()} for b, kinds in sorted(hits.items())
     }
