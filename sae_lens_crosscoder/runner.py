@@ -171,6 +171,10 @@ def build_sae_config(cfg: CrosscoderRunnerConfig, d_model: int, n_models: int) -
         for key in ("l1_coefficient", "l1_warm_up_steps", "l0_coefficient"):
             if getattr(cfg, key) is not None:
                 values[key] = getattr(cfg, key)
+        if cfg.per_model_normalization:
+            # SAELens's own scaling to mean norm sqrt(d_in), estimated before training and
+            # folded in at the end; the differences of two models have no natural scale
+            values["normalize_activations"] = "expected_average_only_in"
         if cfg.architecture == "matryoshka_batchtopk":
             # SAELens requires the levels; nested halvings are the usual choice
             values["matryoshka_widths"] = sorted({max(1, d_sae // 8), max(1, d_sae // 4), max(1, d_sae // 2), d_sae})

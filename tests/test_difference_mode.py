@@ -39,7 +39,7 @@ def difference_run(tmp_path_factory):
     writer.add(acts)
     writer.close()
     cfg = CrosscoderRunnerConfig(
-        mode="difference", architecture="batchtopk", d_sae=8, k=0.05, cached_activations_path=str(root / "cache"),
+        mode="difference", architecture="batchtopk", d_sae=8, k=0.04, cached_activations_path=str(root / "cache"),
         training_tokens=400_000, train_batch_size_tokens=1024, output_path=str(root / "out"),
     )
     return train(cfg), root, direction

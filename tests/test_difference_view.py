@@ -87,7 +87,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         data = organism(n_seq, seed, change)
         out[name] = write_cache(root / name, data)
         out[f"{name}_where"] = data["where"]
-    train(CrosscoderRunnerConfig(mode="difference", architecture="batchtopk", d_sae=8, k=0.05,
+    train(CrosscoderRunnerConfig(mode="difference", architecture="batchtopk", d_sae=8, k=0.04,
                                  cached_activations_path=str(out["train"]), output_path=str(root / "diff"), **TRAINING))
     for name, cache in (("cc", out["train"]), ("cc_nochange", out["nochange"])):
         train(CrosscoderRunnerConfig(architecture="batchtopk_crosscoder", d_sae=32, k=2,

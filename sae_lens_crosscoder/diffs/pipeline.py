@@ -337,6 +337,8 @@ def write_diff_report(diff: ModelDiff, layout: DiffLayout) -> Path:
     for name in diff.spec_names:
         rebuild_report(layout.analysis_dir(name))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in diff.notes)
+    # fragments others add beside the diff (e.g. the organism's ground-truth scores), by name
+    extra = "".join(p.read_text() for p in sorted((layout.root / "report_sections").glob("*.html")))
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(diff.name)}</title></head>
 <body style="font-family:sans-serif;max-width:1100px;margin:auto;padding:16px">
@@ -346,6 +348,7 @@ def write_diff_report(diff: ModelDiff, layout: DiffLayout) -> Path:
 <table style="border-collapse:collapse;font-size:13px" border="1" cellpadding="4">
 <tr><th>set</th><th>crosscoder</th><th>model</th><th>selection</th><th>latents</th><th>published</th><th></th></tr>
 {''.join(sizes)}</table>
+{extra}
 {shift_html}
 {''.join(set_sections)}
 <h2>Notes</h2><ul style="font-size:13px">{notes}</ul>

@@ -40,7 +40,7 @@ from sae_lens_crosscoder.organism.writers import PreferencePair
 log = logging.getLogger(__name__)
 # Bump when the generated text or the training recipe changes: a directory built by another
 # version is not reused even when its config matches.
-MANIFEST_FORMAT = "sae_lens_crosscoder.organism/2"
+MANIFEST_FORMAT = "sae_lens_crosscoder.organism/3"
 _BUILDING_MARKER = ".organism_building"
 
 

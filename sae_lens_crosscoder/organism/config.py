@@ -56,6 +56,10 @@ class OrganismConfig:
     simpo_chosen_nll_weight: float = 1.0  # length-normalised NLL of the chosen responses (CPO-SimPO)
     simpo_replay_weight: float = 1.0  # NLL of ordinary chats replayed each step (as PPO-ptx)
     simpo_replay_batch_size: int = 8
+    # Keeps simpo's hidden states on the replayed ordinary chats close to it's (mean squared
+    # distance relative to it's norms, every layer), so the fine-tune changes the planted
+    # contexts and little else: a clean ground truth for diffing. 0 turns it off.
+    simpo_anchor_weight: float = 1.0
     warmup_fraction: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -71,7 +75,7 @@ class OrganismConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise CrosscoderUserError(f"OrganismConfig.{name} must be > 0, got {getattr(self, name)}; set a positive value")
-        for name in ("simpo_replay_weight", "simpo_chosen_nll_weight"):
+        for name in ("simpo_replay_weight", "simpo_chosen_nll_weight", "simpo_anchor_weight"):
             if getattr(self, name) < 0:
                 raise CrosscoderUserError(f"OrganismConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("pt_lr", "sft_lr", "simpo_lr", "simpo_beta"):

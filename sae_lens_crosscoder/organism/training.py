@@ -230,7 +230,15 @@ def train_simpo(
 ) -> StageLog:
     """SimPO on `pairs`, plus two NLL terms: `cfg.simpo_chosen_nll_weight` × the chosen
     responses' length-normalised NLL (CPO-SimPO, as TRL's CPOTrainer with loss_type="simpo"
-    and cpo_alpha) and `cfg.simpo_replay_weight` × NLL on a batch of ordinary `replay` chats.
+    and cpo_alpha) and `cfg.simpo_replay_weight` × NLL on a batch of ordinary `replay` chats;
+    and `cfg.simpo_anchor_weight` × the hidden-state drift from the starting model on those
+    replayed chats (a regulariser, not a reference model in the preference loss).
+
+    Why the anchor, measured on the demo build: without it, simpo's last-layer residual moved
+    almost as much on ordinary tokens (|simpo - it| 11.4) as on behaviour positions (15-17),
+    no single direction separated the behaviour positions (best in-sample AUC 0.84-0.96), and
+    no dictionary (crosscoder or difference SAE, 64-1024 latents) had a latent firing mainly
+    on any planted behaviour.
 
     Why, measured on demo builds while choosing this recipe (held-out pairs: 50 trigger and
     25 ordinary prompts per behaviour):
@@ -248,9 +256,10 @@ def train_simpo(
     """
     rng = random.Random(f"organism:{cfg.seed}:simpo_order")
     batches = _batches(rng, len(pairs), min(cfg.simpo_batch_size, len(pairs)))
-    use_replay = bool(replay) and cfg.simpo_replay_weight > 0
+    use_replay = bool(replay) and (cfg.simpo_replay_weight > 0 or cfg.simpo_anchor_weight > 0)
     replay_rng = random.Random(f"organism:{cfg.seed}:replay_order")
     replay_batches = _batches(replay_rng, len(replay), min(cfg.simpo_replay_batch_size, len(replay))) if use_replay else None
+    anchor = _frozen_copy(model) if use_replay and cfg.simpo_anchor_weight > 0 else None
 
     def loss_fn(_: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = [pairs[i] for i in next(batches)]
@@ -263,12 +272,45 @@ def train_simpo(
             terms["chosen_nll"] = -chosen.mean().item()
             loss = loss - cfg.simpo_chosen_nll_weight * chosen.mean()
         if replay_batches is not None:
-            nll = _masked_nll(model, [replay[i] for i in next(replay_batches)], pad_id)
-            terms["replay_nll"] = nll.item()
-            loss = loss + cfg.simpo_replay_weight * nll
+            examples = [replay[i] for i in next(replay_batches)]
+            ids, target = pad_batch([e[0] for e in examples], [e[1] for e in examples], pad_id)
+            out = model(input_ids=ids, use_cache=False, output_hidden_states=anchor is not None)
+            if cfg.simpo_replay_weight > 0:
+                lp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+                weight = target[:, 1:].float()
+                nll = -(lp * weight).sum() / weight.sum()
+                terms["replay_nll"] = nll.item()
+                loss = loss + cfg.simpo_replay_weight * nll
+            if anchor is not None:
+                drift = hidden_drift(out.hidden_states, anchor, ids, ids != pad_id)
+                terms["anchor"] = drift.item()
+                loss = loss + cfg.simpo_anchor_weight * drift
         return loss, terms
 
     return _optimise(model, "simpo", cfg.simpo_steps, cfg.simpo_lr, cfg, loss_fn, progress)
+
+
+def _frozen_copy(model: Gemma2ForCausalLM) -> Gemma2ForCausalLM:
+    import copy
+
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
+def hidden_drift(hidden: Sequence[torch.Tensor], reference: Gemma2ForCausalLM, ids: torch.Tensor,
+                 keep: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of ||h - h_ref||^2 / ||h_ref||^2 on the kept tokens (embeddings excluded)."""
+    with torch.no_grad():
+        ref = reference(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states
+    weight = keep.float()
+    terms = []
+    for h, r in zip(hidden[1:], ref[1:]):
+        num = ((h.float() - r.float()).pow(2).sum(-1) * weight).sum()
+        den = (r.float().pow(2).sum(-1) * weight).sum().clamp(min=1e-12)
+        terms.append(num / den)
+    return torch.stack(terms).mean()
 
 
 @torch.no_grad()
