@@ -35,6 +35,16 @@ from sae_lens_crosscoder.organism import BEHAVIOURS, OrganismConfig, build_organ
 logger = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
+# each dictionary, scored against the planted positions: (key, description)
+VIEWS = {
+    "crosscoder_simpo_only": "crosscoder pt–simpo, simpo-only latents (the study's view)",
+    "crosscoder_any_latent": "crosscoder pt–simpo, any latent",
+    "direct_crosscoder_simpo_only": "crosscoder it–simpo, simpo-only latents",
+    "direct_crosscoder_any_latent": "crosscoder it–simpo, any latent",
+    "difference_simpo_minus_pt": "difference SAE simpo − pt",
+    "difference_simpo_minus_it": "difference SAE simpo − it",
+    "difference_it_minus_pt_control": "difference SAE it − pt (control: no planted behaviour)",
+}
 
 
 def run_demo(out: str | Path = "demo_out", organism: str | Path = "organism", scale: str = "full",
@@ -44,7 +54,7 @@ def run_demo(out: str | Path = "demo_out", organism: str | Path = "organism", sc
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    paths = build_organism(organism, OrganismConfig.preset("demo" if scale == "full" else "tiny"), progress=progress)
+    paths = organism_for(organism, OrganismConfig.preset("demo" if scale == "full" else "small"), progress)
     timings["organism"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -69,7 +79,7 @@ def run_demo(out: str | Path = "demo_out", organism: str | Path = "organism", sc
         "behaviours": recovery,
         "recovered": {
             view: [b for b, r in recovery.items() if r[view]["recovered"]]
-            for view in ("crosscoder_simpo_only", "crosscoder_any_latent", "difference_simpo_minus_pt")
+            for view in VIEWS
         },
         "category_shift": {"crosscoder_sets": crosscoder_shift, "difference_sets": difference_shift},
         "criteria": {"precision_min": RECOVERED_PRECISION, "recall_min": RECOVERED_RECALL,
@@ -84,6 +94,19 @@ def run_demo(out: str | Path = "demo_out", organism: str | Path = "organism", sc
     (sections / "05_planted_behaviours.html").write_text(recovery_html(summary))
     write_diff_report(diff, layout)
     return summary
+
+
+def organism_for(root: str | Path, cfg: OrganismConfig, progress: bool) -> Any:
+    """Build or reuse the organism; one built by another version or config is rebuilt."""
+    from sae_lens_crosscoder.errors import CrosscoderUserError
+
+    try:
+        return build_organism(root, cfg, progress=progress)
+    except CrosscoderUserError as exc:
+        if "force=True" not in str(exc):
+            raise
+        logger.warning("rebuilding the organism in %s: %s", root, exc)
+        return build_organism(root, cfg, force=True, progress=progress)
 
 
 # ---- the second view of the shift ---------------------------------------------------------
@@ -159,31 +182,41 @@ def score_against_ground_truth(diff: Any, layout: DiffLayout, paths: Any) -> dic
     valid = ~torch.isin(tokens, torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long))
     pt, it, simpo = (diff.models[k] for k in ("pt", "it", "simpo"))
 
-    crosscoder = SAE.load_from_disk(configs["pt-simpo"].output_path).eval()
-    paired = torch.stack([acts[pt], acts[simpo]], dim=2)
-    cc_overlap = firing_overlap(crosscoder.encode, paired, valid, masks)
-    simpo_only = select_latents(AnalysisDir(layout.analysis_dir("pt-simpo")), diff.set_b.resolved_selection())
+    def crosscoder_overlap(name: str, first: str, second: str) -> Any:
+        crosscoder = SAE.load_from_disk(configs[name].output_path).eval()
+        return firing_overlap(crosscoder.encode, torch.stack([acts[first], acts[second]], dim=2), valid, masks)
 
-    difference = SAE.load_from_disk(configs["simpo-minus-pt"].output_path).eval()
-    diff_overlap = firing_overlap(difference.encode, acts[simpo] - acts[pt], valid, masks)
-    control = SAE.load_from_disk(configs["it-minus-pt"].output_path).eval()
-    control_overlap = firing_overlap(control.encode, acts[it] - acts[pt], valid, masks)
-    join = _join_verdicts(layout.analysis_dir("simpo-minus-pt"))
+    def difference_overlap(name: str, base: str, finetuned: str) -> Any:
+        sae = SAE.load_from_disk(configs[name].output_path).eval()
+        return firing_overlap(sae.encode, acts[finetuned] - acts[base], valid, masks)
 
-    results = {}
+    simpo_rule = diff.set_b.resolved_selection()
+    overlaps = {
+        "crosscoder": crosscoder_overlap("pt-simpo", pt, simpo),
+        "direct_crosscoder": crosscoder_overlap("it-simpo", it, simpo),
+        "difference_simpo_minus_pt": difference_overlap("simpo-minus-pt", pt, simpo),
+        "difference_simpo_minus_it": difference_overlap("simpo-minus-it", it, simpo),
+        "difference_it_minus_pt_control": difference_overlap("it-minus-pt", pt, it),
+    }
+    simpo_only = {
+        "crosscoder": select_latents(AnalysisDir(layout.analysis_dir("pt-simpo")), simpo_rule),
+        "direct_crosscoder": select_latents(AnalysisDir(layout.analysis_dir("it-simpo")), simpo_rule),
+    }
+    joins = {name: _join_verdicts(layout.analysis_dir(name)) for name in ("simpo-minus-pt", "simpo-minus-it")}
+
+    results: dict[str, dict[str, Any]] = {}
     for behaviour in BEHAVIOURS:
         name = behaviour.name
-        cc_any = cc_overlap.match(name)
-        diff_match = diff_overlap.match(name)
-        results[name] = {
-            "category": behaviour.category,
-            "positions": cc_any.n_positions,
-            "crosscoder_simpo_only": cc_overlap.match(name, simpo_only).to_dict(),
-            "crosscoder_any_latent": cc_any.to_dict(),
-            "difference_simpo_minus_pt": diff_match.to_dict(),
-            "difference_it_minus_pt_control": control_overlap.match(name).to_dict(),
-            "join_verdict": join.get(diff_match.latent) if diff_match.latent is not None else None,
-        }
+        row: dict[str, Any] = {"category": behaviour.category, "positions": overlaps["crosscoder"].positions[name]}
+        for key in ("crosscoder", "direct_crosscoder"):
+            row[f"{key}_simpo_only"] = overlaps[key].match(name, simpo_only[key]).to_dict()
+            row[f"{key}_any_latent"] = overlaps[key].match(name).to_dict()
+        for key in ("difference_simpo_minus_pt", "difference_simpo_minus_it", "difference_it_minus_pt_control"):
+            row[key] = overlaps[key].match(name).to_dict()
+        for key, sae_name in (("simpo_minus_pt", "simpo-minus-pt"), ("simpo_minus_it", "simpo-minus-it")):
+            latent = row[f"difference_{key}"]["latent"]
+            row[f"join_verdict_{key}"] = joins[sae_name].get(latent) if latent is not None else None
+        results[name] = row
     return results
 
 
@@ -201,15 +234,9 @@ def _join_verdicts(analysis: Path) -> dict[int, str]:
 
 # ---- report section -------------------------------------------------------------------------
 def recovery_html(summary: dict[str, Any]) -> str:
-    views = [
-        ("crosscoder_simpo_only", "crosscoder pt–simpo, simpo-only latents"),
-        ("crosscoder_any_latent", "crosscoder pt–simpo, any latent"),
-        ("difference_simpo_minus_pt", "difference SAE simpo − pt"),
-        ("difference_it_minus_pt_control", "difference SAE it − pt (control)"),
-    ]
     rows = []
     for name, result in summary["behaviours"].items():
-        for key, label in views:
+        for key, label in VIEWS.items():
             m = result[key]
             mark = "✔" if m["recovered"] else "✘"
             rows.append(

@@ -1,9 +1,11 @@
 """The organism as a registered diff: the Gemma-2 / SimPO study in miniature.
 
-Two crosscoders (pt–simpo and pt–it) and two difference SAEs (simpo − pt, it − pt) on the
-organism's web + chat mix; SimPO-only vs it-only latents labelled by the rule labeller with
-the organism's taxonomy (one category per planted behaviour, plus "other"). The reference
-"results" are the planted behaviours themselves: each planted category should go up.
+As in the study, two crosscoders (pt–simpo and pt–it) whose SimPO-only and it-only latents
+are labelled (rule labeller, the organism's taxonomy: one category per planted behaviour
+plus "other") and compared; the reference "results" are the planted behaviours themselves,
+each planted category should go up. Beside them: the direct pair it–simpo (SimPO was
+trained from it, so its planted change is simpo − it), and difference SAEs simpo − pt,
+it − pt and simpo − it.
 """
 
 from __future__ import annotations
@@ -37,16 +39,17 @@ class DemoScale:
     training_tokens: int
     difference_d_sae: int
     difference_k: float
+    difference_training_tokens: int  # epochs over the crosscoder's cache; these train fast
     batch_tokens: int
     analysis_tokens: int
 
     @classmethod
     def preset(cls, name: str) -> DemoScale:
         presets = {
-            "full": cls(d_sae=1024, k=16, training_tokens=1_000_000, difference_d_sae=64, difference_k=2,
-                        batch_tokens=2048, analysis_tokens=200_000),
-            "quick": cls(d_sae=256, k=16, training_tokens=150_000, difference_d_sae=32, difference_k=2,
-                         batch_tokens=1024, analysis_tokens=40_000),
+            "full": cls(d_sae=512, k=16, training_tokens=1_000_000, difference_d_sae=512, difference_k=4,
+                        difference_training_tokens=4_000_000, batch_tokens=2048, analysis_tokens=200_000),
+            "quick": cls(d_sae=256, k=16, training_tokens=200_000, difference_d_sae=128, difference_k=2,
+                         difference_training_tokens=2_000_000, batch_tokens=1024, analysis_tokens=40_000),
         }
         return presets[name]
 
@@ -79,6 +82,8 @@ def data_config(paths: OrganismPaths, models: list[str], scale: DemoScale) -> di
         "store_batch_size_prompts": 32,
         "train_batch_size_tokens": scale.batch_tokens,
         "training_tokens": scale.training_tokens,
+        # one epoch of the crosscoder (plus its norm-estimation batches, in whole windows)
+        "cache_token_budget": _whole_windows(scale.training_tokens + 8 * scale.batch_tokens, 65_536),
         "cache_shuffle_buffer_tokens": 65_536,
         "cache_chunk_tokens": 4096,
         "cache_shard_tokens": 65_536,
@@ -94,7 +99,8 @@ def organism_diff(paths: OrganismPaths, scale: DemoScale | str = "full", root: s
     register_organism_taxonomy()
     pt, it, simpo = str(paths.pt), str(paths.it), str(paths.simpo)
     analysis = {"rule": "latent_scaling", "n_tokens": scale.analysis_tokens}
-    difference = {"d_sae": scale.difference_d_sae, "k": scale.difference_k}
+    difference = {"d_sae": scale.difference_d_sae, "k": scale.difference_k,
+                  "training_tokens": scale.difference_training_tokens}
     latent_scaling = SelectionRule(rule="latent_scaling", nu_error_max=0.2, nu_reconstruction_max=0.5)
     return ModelDiff(
         name=DIFF_NAME,
@@ -104,12 +110,12 @@ def organism_diff(paths: OrganismPaths, scale: DemoScale | str = "full", root: s
         crosscoders=[
             CrosscoderSpec("pt-simpo", config=data_config(paths, [pt, simpo], scale), cache=True, analysis=analysis),
             CrosscoderSpec("pt-it", config=data_config(paths, [pt, it], scale), cache=True, analysis=analysis),
+            CrosscoderSpec("it-simpo", config=data_config(paths, [it, simpo], scale), cache=True, analysis=analysis),
         ],
         difference_saes=[
-            DifferenceSpec("simpo-minus-pt", crosscoder="pt-simpo", config=difference,
-                           analysis={"n_tokens": scale.analysis_tokens}),
-            DifferenceSpec("it-minus-pt", crosscoder="pt-it", config=difference,
-                           analysis={"n_tokens": scale.analysis_tokens}),
+            DifferenceSpec(name, crosscoder=crosscoder, config=difference, analysis={"n_tokens": scale.analysis_tokens})
+            for name, crosscoder in (("simpo-minus-pt", "pt-simpo"), ("it-minus-pt", "pt-it"),
+                                     ("simpo-minus-it", "it-simpo"))
         ],
         set_a=LatentSetSpec("it-only", crosscoder="pt-it", model=it, selection=latent_scaling),
         set_b=LatentSetSpec("simpo-only", crosscoder="pt-simpo", model=simpo, selection=latent_scaling),
@@ -140,6 +146,10 @@ def difference_sets(diff: ModelDiff) -> tuple[LatentSetSpec, LatentSetSpec]:
         replace(diff.set_b, name="simpo-minus-pt latents", crosscoder="simpo-minus-pt", source="difference",
                 selection=rule),
     )
+
+
+def _whole_windows(tokens: int, window: int) -> int:
+    return -(-tokens // window) * window
 
 
 def _n_layers(paths: OrganismPaths) -> int:
