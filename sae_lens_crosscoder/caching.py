@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from sae_lens_crosscoder.activation_cache import PairedCacheWriter, read_manifest
-from sae_lens_crosscoder.config import CrosscoderRunnerConfig
+from sae_lens_crosscoder.config import CrosscoderRunnerConfig, add_overrides_argument
 from sae_lens_crosscoder.data_sources import source_specs
 from sae_lens_crosscoder.errors import CrosscoderUserError
 from sae_lens_crosscoder.loading import model_hook_names, resolve_dtype
@@ -192,8 +192,7 @@ def _remove_unlisted_shards(path: Path, shards: list[str]) -> None:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML or JSON run config (model_names, hook_name, dataset_path, ...)")
     parser.add_argument("--out", help="cache directory (default: cached_activations_path from the config)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (repeatable); values are parsed as YAML")
+    add_overrides_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

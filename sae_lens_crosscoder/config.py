@@ -9,7 +9,6 @@ warm-up, linear decay over the last 20 %, AuxK on dead latents). Keys nested the
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import types
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.strict_dicts import suggest
 
 CROSSCODER_ARCHITECTURES = ("crosscoder", "topk_crosscoder", "batchtopk_crosscoder", "jumprelu_crosscoder")
 # architectures whose latents are ranked and cut at k
@@ -281,8 +281,12 @@ def _flatten_nested(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _suggest(key: str, options: Any) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return suggest(key, options)
+
+
+def add_overrides_argument(parser: Any, help: str = "override a config key (repeatable); values are parsed as YAML") -> None:
+    """The `--set key=value` option of every command that reads a run config."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

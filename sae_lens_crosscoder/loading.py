@@ -22,6 +22,7 @@ Before anything heavy runs, `check_tokenizers` (same vocabulary and special toke
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 import re
@@ -423,3 +424,36 @@ def _first_line(exc: BaseException) -> str:
 def _suggest_official(name: str) -> str:
     close = difflib.get_close_matches(name, tl_loading.OFFICIAL_MODEL_NAMES, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---- saved dictionaries ------------------------------------------------------------------------
+def read_sae_cfg(path: str | Path) -> dict[str, Any] | None:
+    """A saved SAE's cfg.json, or None when `path` holds none."""
+    cfg_file = Path(path) / "cfg.json"
+    if not cfg_file.is_file():
+        return None
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def load_saved_sae(path: str | Path, device: str = "cpu", what: str = "SAE") -> tuple[Any, dict[str, Any]]:
+    """An SAE or crosscoder saved in SAELens's format (in eval mode) and its cfg.json, with
+    one-line errors for a missing directory, a missing config or an unloadable save."""
+    from sae_lens import SAE
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CrosscoderUserError(f"{what} directory {path} does not exist; pass the output_path of a training run")
+    cfg = read_sae_cfg(path)
+    if cfg is None:
+        raise CrosscoderUserError(f"{path} has no readable cfg.json, so it is not a saved SAE; pass a run's output_path")
+    try:
+        sae = SAE.load_from_disk(path, device=device)
+    except CrosscoderUserError:
+        raise
+    except Exception as exc:  # SAELens raises many types for unknown or broken saves
+        raise CrosscoderUserError(f"cannot load the SAE in {path} (architecture {cfg.get('architecture')!r}): {exc}") from None
+    sae.eval()
+    return sae, cfg

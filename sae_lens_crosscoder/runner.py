@@ -28,7 +28,7 @@ from sae_lens.saes.sae import TrainingSAEConfig
 from sae_lens_crosscoder.activation_cache import CachedActivationProvider, open_cache
 from sae_lens_crosscoder.architectures import ARCHITECTURES
 from sae_lens_crosscoder.architectures.base import CrosscoderMixin
-from sae_lens_crosscoder.config import K_ARCHITECTURES, CrosscoderRunnerConfig
+from sae_lens_crosscoder.config import K_ARCHITECTURES, CrosscoderRunnerConfig, add_overrides_argument
 from sae_lens_crosscoder.errors import CrosscoderUserError, DataError
 from sae_lens_crosscoder.trainer import RUNNER_CFG, CrosscoderTrainer, latest_checkpoint
 
@@ -455,8 +455,7 @@ def check_checkpoint_compatible(checkpoint: Path, sae_cfg: TrainingSAEConfig) ->
 # ---- CLI -----------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML or JSON run config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (repeatable); values are parsed as YAML")
+    add_overrides_argument(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
 
 

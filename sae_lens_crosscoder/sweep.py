@@ -24,7 +24,7 @@ from typing import Any
 
 import wandb
 
-from sae_lens_crosscoder.config import CrosscoderRunnerConfig, apply_overrides, load_config_dict
+from sae_lens_crosscoder.config import CrosscoderRunnerConfig, add_overrides_argument, apply_overrides, load_config_dict
 from sae_lens_crosscoder.errors import CrosscoderUserError
 from sae_lens_crosscoder.presets import preset_path
 
@@ -64,8 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sae_lens_crosscoder.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", help="base run config (YAML/JSON)")
     parser.add_argument("--preset", help="a shipped preset as the base config instead of a file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a base config key (repeatable); the sweep's values still win")
+    add_overrides_argument(parser, help="override a base config key (repeatable); the sweep's values still win")
     parser.add_argument("--runs-dir", default="sweep_runs", help="parent folder of the runs' outputs")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")

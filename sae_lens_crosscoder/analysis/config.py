@@ -3,11 +3,11 @@ round-trips through a plain dict (it is stored in `summary.json`)."""
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.strict_dicts import dataclass_from_dict
 
 RULES = ("minder", "latent_scaling")
 
@@ -73,7 +73,7 @@ class AnalysisConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.thresholds, dict):
-            self.thresholds = _from_dict(SelectionThresholds, self.thresholds, "thresholds")
+            self.thresholds = dataclass_from_dict(SelectionThresholds, self.thresholds, "thresholds")
         self.validate()
 
     def validate(self) -> None:
@@ -102,16 +102,4 @@ class AnalysisConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AnalysisConfig:
-        return _from_dict(cls, raw, "analysis config")
-
-
-def _from_dict(cls: Any, raw: dict[str, Any], what: str) -> Any:
-    if not isinstance(raw, dict):
-        raise CrosscoderUserError(f"{what} must be a mapping, got {type(raw).__name__}")
-    known = [f.name for f in fields(cls)]
-    for key in raw:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise CrosscoderUserError(f"unknown {what} key {key!r}{hint}; valid keys: {', '.join(known)}")
-    return cls(**raw)
+        return dataclass_from_dict(cls, raw, "analysis config")

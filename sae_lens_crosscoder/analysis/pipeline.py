@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from sae_lens.saes.sae import SAE
 from tqdm.auto import tqdm
 
 import sae_lens_crosscoder  # noqa: F401  (registers the crosscoder architectures)
@@ -45,25 +44,15 @@ class AnalysisResult:
 
 def load_crosscoder(path: str | Path, device: str = "cpu") -> Any:
     """A crosscoder saved in SAELens's format; clear errors for anything else."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CrosscoderUserError(f"crosscoder directory {path} does not exist; pass the output_path of a training run")
-    cfg_file = path / "cfg.json"
-    if not cfg_file.is_file():
-        raise CrosscoderUserError(f"{path} has no cfg.json, so it is not a saved SAE; pass a training run's output_path")
-    arch = json.loads(cfg_file.read_text()).get("architecture")
-    try:
-        sae = SAE.load_from_disk(path, device=device)
-    except CrosscoderUserError:
-        raise
-    except Exception as exc:  # SAELens raises many types for unknown or broken saves
-        raise CrosscoderUserError(f"cannot load the SAE in {path} (architecture {arch!r}): {exc}") from None
+    from sae_lens_crosscoder.loading import load_saved_sae
+
+    sae, cfg = load_saved_sae(path, device, what="crosscoder")
+    arch = cfg.get("architecture")
     if not isinstance(sae, CrosscoderMixin):
         raise CrosscoderUserError(
             f"{path} holds a {arch!r} SAE, not a crosscoder; analyze needs a crosscoder "
             "(architecture crosscoder, topk_crosscoder, batchtopk_crosscoder or jumprelu_crosscoder)"
         )
-    sae.eval()
     return sae
 
 

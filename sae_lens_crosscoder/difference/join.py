@@ -43,8 +43,7 @@ Only `match` is a good match. Latents that never fired in the analysis get `unfi
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +52,7 @@ import scipy.sparse as sp
 import torch
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.strict_dicts import dataclass_from_dict
 
 MATCH, ABSORBED, NONE, UNFIRED = "match", "absorbed", "none", "unfired"
 VERDICTS = (MATCH, ABSORBED, NONE, UNFIRED)
@@ -82,13 +82,7 @@ class JoinThresholds:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> JoinThresholds:
-        known = [f.name for f in fields(cls)]
-        for key in raw:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise CrosscoderUserError(f"unknown join threshold {key!r}{hint}; valid: {', '.join(known)}")
-        return cls(**raw)
+        return dataclass_from_dict(cls, raw, "join thresholds")
 
 
 @torch.no_grad()

@@ -8,17 +8,16 @@ A difference SAE is a plain SAELens SAE whose `cfg.json` records, under
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sae_lens.saes.sae import SAE
 
 import sae_lens_crosscoder  # noqa: F401  (registers the crosscoder architectures)
 from sae_lens_crosscoder.architectures.base import CrosscoderMixin
 from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.loading import load_saved_sae, read_sae_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +62,6 @@ class DifferencePair:
         return cls(str(pair["base"]), str(pair["finetuned"]), names)
 
 
-def read_sae_cfg(path: str | Path) -> dict[str, Any] | None:
-    """A saved SAE's cfg.json, or None when `path` holds none."""
-    cfg_file = Path(path) / "cfg.json"
-    if not cfg_file.is_file():
-        return None
-    try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
 def is_difference_sae(path: str | Path) -> bool:
     cfg = read_sae_cfg(path)
     return bool(cfg and isinstance(cfg.get("metadata"), dict) and cfg["metadata"].get(DIFFERENCE_KEY))
@@ -81,21 +69,9 @@ def is_difference_sae(path: str | Path) -> bool:
 
 def load_difference_sae(path: str | Path, device: str = "cpu") -> tuple[Any, DifferencePair]:
     """A difference SAE saved in SAELens's format and the pair it was trained on."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CrosscoderUserError(f"difference SAE directory {path} does not exist; pass a training run's output_path")
-    cfg = read_sae_cfg(path)
-    if cfg is None:
-        raise CrosscoderUserError(f"{path} has no readable cfg.json, so it is not a saved SAE; pass a run's output_path")
+    sae, cfg = load_saved_sae(path, device, what="difference SAE")
     pair = DifferencePair.from_metadata(cfg.get("metadata"), str(path))
-    try:
-        sae = SAE.load_from_disk(path, device=device)
-    except CrosscoderUserError:
-        raise
-    except Exception as exc:  # SAELens raises many types for unknown or broken saves
-        raise CrosscoderUserError(f"cannot load the SAE in {path} (architecture {cfg.get('architecture')!r}): {exc}") from None
     check_plain_sae(sae, str(path))
-    sae.eval()
     return sae, pair
 
 

@@ -11,12 +11,12 @@ configs without network access.
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.strict_dicts import dataclass_from_dict, suggest
 from sae_lens_crosscoder.labelling.selection import SelectionRule
 
 
@@ -49,7 +49,7 @@ class CrosscoderSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CrosscoderSpec:
-        return _build(cls, raw, "crosscoder")
+        return dataclass_from_dict(cls, raw, "crosscoder")
 
 
 # keys of a crosscoder's run config that describe the crosscoder rather than the data, left
@@ -113,7 +113,7 @@ class DifferenceSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> DifferenceSpec:
-        return _build(cls, raw, "difference SAE")
+        return dataclass_from_dict(cls, raw, "difference SAE")
 
 
 def _layered(preset: str | None, config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -170,7 +170,7 @@ class LatentSetSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LatentSetSpec:
-        return _build(cls, raw, "latent set")
+        return dataclass_from_dict(cls, raw, "latent set")
 
 
 @dataclass
@@ -194,7 +194,7 @@ class ReferenceResult:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ReferenceResult:
-        return _build(cls, raw, "reference result")
+        return dataclass_from_dict(cls, raw, "reference result")
 
 
 @dataclass
@@ -204,7 +204,7 @@ class LabellerSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LabellerSpec:
-        return _build(cls, raw, "labeller")
+        return dataclass_from_dict(cls, raw, "labeller")
 
 
 @dataclass
@@ -321,22 +321,7 @@ class ModelDiff:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelDiff:
-        return _build(cls, raw, "diff")
-
-
-def _build(cls: Any, raw: dict[str, Any], what: str) -> Any:
-    if not isinstance(raw, dict):
-        raise CrosscoderUserError(f"a {what} must be a mapping, got {type(raw).__name__}")
-    known = [f.name for f in fields(cls)]
-    unknown = [k for k in raw if k not in known]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise CrosscoderUserError(f"{what}: unknown key {unknown[0]!r}{hint}; valid keys: {', '.join(known)}")
-    try:
-        return cls(**raw)
-    except TypeError as exc:
-        raise CrosscoderUserError(f"{what}: {exc}") from None
+        return dataclass_from_dict(cls, raw, "diff")
 
 
 # ---- the registry ------------------------------------------------------------------------
@@ -374,8 +359,7 @@ def get_diff(name: str) -> ModelDiff:
     _ensure_builtins()
     if name in _DIFFS:
         return _DIFFS[name]
-    close = difflib.get_close_matches(name, list(_DIFFS), n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = suggest(name, _DIFFS, cutoff=0.5)
     raise CrosscoderUserError(
         f"unknown diff {name!r}{hint}; registered: {', '.join(sorted(_DIFFS))} (see `sae-lens-crosscoder diff --list`)"
     )

@@ -14,12 +14,11 @@ first use.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.strict_dicts import suggest
 
 
 def normalise_name(text: str) -> str:
@@ -275,5 +275,4 @@ def load_taxonomy(name_or_path: str | Taxonomy) -> Taxonomy:
 
 
 def _suggest(name: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return suggest(name, options, cutoff=0.5)
