@@ -27,6 +27,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_lens_crosscoder.activation_cache import write_json_atomic
 from sae_lens_crosscoder.architectures.base import CrosscoderMixin
+from sae_lens_crosscoder.reconstruction import ReconstructionSums
 
 logger = logging.getLogger(__name__)
 
@@ -37,42 +38,16 @@ RUNNER_CFG = "runner_cfg.json"
 HISTOGRAM_BINS = 20
 
 
-class WindowMetrics:
-    """Running sums over the training batches since the last reset (normalised space)."""
+class WindowMetrics(ReconstructionSums):
+    """Reconstruction sums over the training batches since the last reset (normalised space)."""
 
-    def __init__(self, n_parts: int) -> None:
-        self.n_parts = n_parts
-        self.reset()
-
-    def reset(self) -> None:
-        self.tokens = 0
-        self.sq_err = torch.zeros(self.n_parts, dtype=torch.float64)
-        self.sum_x = None
-        self.sum_sq = torch.zeros(self.n_parts, dtype=torch.float64)
-        self.l0 = 0.0
-
-    @torch.no_grad()
-    def update(self, output: TrainStepOutput) -> None:
-        x = output.sae_in.detach().double().unflatten(-1, (self.n_parts, -1))
-        r = output.sae_out.detach().double().unflatten(-1, (self.n_parts, -1))
-        self.tokens += x.shape[0]
-        self.sq_err += (r - x).pow(2).sum(-1).sum(0).cpu()
-        s = x.sum(0).cpu()
-        self.sum_x = s if self.sum_x is None else self.sum_x + s
-        self.sum_sq += x.pow(2).sum(-1).sum(0).cpu()
-        self.l0 += float(output.feature_acts.detach().bool().sum())
+    def update_from(self, output: TrainStepOutput) -> None:
+        self.update(output.sae_in, output.sae_out, output.feature_acts.detach().bool().sum())
 
     def summary(self) -> dict[str, float]:
-        if self.tokens == 0 or self.sum_x is None:
+        if self.tokens == 0:
             return {}
-        n = self.tokens
-        variance = self.sum_sq / n - (self.sum_x / n).pow(2).sum(-1)
-        mse = self.sq_err / n
-        out = {"l0": self.l0 / n}
-        for m in range(self.n_parts):
-            out[f"mse_model{m}"] = float(mse[m])
-            out[f"fve_model{m}"] = float(1 - mse[m] / max(float(variance[m]), 1e-12))
-        return out
+        return {"l0": self.l0(), **self.by_model_index()}
 
 
 def relative_norm_histogram(sae: TrainingSAE[Any]) -> dict[str, list[int]]:
@@ -106,7 +81,6 @@ class CrosscoderTrainer(SAETrainer[Any, Any]):
             self.checkpoint_thresholds = list(
                 range(checkpoint_every_tokens, cfg.total_training_samples, checkpoint_every_tokens)
             )
-        self.checkpoint_metrics: dict[str, Any] = {}
         self.checkpoint_evaluator = checkpoint_evaluator
 
     # ---- metrics -----------------------------------------------------------------------
@@ -115,7 +89,7 @@ class CrosscoderTrainer(SAETrainer[Any, Any]):
             # the final summary then describes the last 10 % of training, not its start
             self.window.reset()
         output = super()._train_step(sae, sae_in)
-        self.window.update(output)
+        self.window.update_from(output)
         return output
 
     def _evaluate(self, sae: Any, data_provider: Any, activation_scaler: Any) -> dict[str, Any]:
@@ -169,7 +143,6 @@ class CrosscoderTrainer(SAETrainer[Any, Any]):
         super().save_checkpoint(tmp.name, base_path=base, wandb_aliases=wandb_aliases)
         metrics = self.window_metrics()
         metrics["evals"] = self.run_checkpoint_evals()
-        self.checkpoint_metrics = metrics
         state = {"data": self.data_provider.state_dict() if hasattr(self.data_provider, "state_dict") else None}
         if self.extra_checkpoint_state is not None:
             state.update(self.extra_checkpoint_state())

@@ -22,48 +22,26 @@ import torch
 
 from sae_lens_crosscoder.architectures.base import CrosscoderMixin
 from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.reconstruction import ReconstructionSums
 
 
-class ReconstructionStats:
-    """Streaming sums for fve / mse / L0 over counted rows."""
+class ReconstructionStats(ReconstructionSums):
+    """Reconstruction sums over counted rows, summarised per model name, with the MSE also
+    in each model's own units."""
 
     def __init__(self, n_models: int, scaling_factors: torch.Tensor) -> None:
-        self.n_models = n_models
+        super().__init__(n_models)
         self.scale_sq = scaling_factors.detach().double().cpu().square()
-        self.tokens = 0
-        self.sq_err = torch.zeros(n_models, dtype=torch.float64)
-        self.sum_x: torch.Tensor | None = None
-        self.sum_sq = torch.zeros(n_models, dtype=torch.float64)
-        self.active = 0
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor, recon: torch.Tensor, n_active: int) -> None:
-        """x, recon: [n, n_models, d_model] counted rows (normalised); n_active: non-zero
-        latent activations in those rows."""
-        x64, r64 = x.double(), recon.double()
-        self.tokens += x.shape[0]
-        self.sq_err += (r64 - x64).pow(2).sum(-1).sum(0).cpu()
-        s = x64.sum(0).cpu()
-        self.sum_x = s if self.sum_x is None else self.sum_x + s
-        self.sum_sq += x64.pow(2).sum(-1).sum(0).cpu()
-        self.active += n_active
 
     def summary(self, model_names: Sequence[str], dead_fraction: float | None = None) -> dict[str, Any]:
-        n = max(self.tokens, 1)
-        out: dict[str, Any] = {"n_tokens": self.tokens, "l0": self.active / n}
+        out: dict[str, Any] = {"n_tokens": self.tokens, "l0": self.l0()}
         if dead_fraction is not None:
             out["dead_fraction"] = dead_fraction
-        per_model = {}
-        mean = self.sum_x / n if self.sum_x is not None else torch.zeros(self.n_models, 1, dtype=torch.float64)
-        variance = self.sum_sq / n - mean.pow(2).sum(-1)
-        for m, name in enumerate(model_names):
-            mse = float(self.sq_err[m] / n)
-            per_model[name] = {
-                "fve": 1.0 - mse / max(float(variance[m]), 1e-12),
-                "mse": mse,
-                "mse_raw": mse / float(self.scale_sq[m]),
-            }
-        out["per_model"] = per_model
+        mse, fve = self.mse(), self.fve()
+        out["per_model"] = {
+            name: {"fve": float(fve[m]), "mse": float(mse[m]), "mse_raw": float(mse[m] / self.scale_sq[m])}
+            for m, name in enumerate(model_names)
+        }
         return out
 
 

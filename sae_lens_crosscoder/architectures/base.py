@@ -25,6 +25,7 @@ from torch import nn
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from sae_lens_crosscoder.errors import CrosscoderUserError
+from sae_lens_crosscoder.reconstruction import ReconstructionSums
 
 
 @dataclass(kw_only=True)
@@ -308,15 +309,9 @@ class CrosscoderTrainingMixin(CrosscoderMixin):
 def per_model_metrics(x: torch.Tensor, recon: torch.Tensor, n_models: int) -> dict[str, float]:
     """MSE (summed over d_model, mean over tokens) and fraction of variance explained,
     per model, from flat [B, n_models*d_model] tensors."""
-    x = x.float().unflatten(-1, (n_models, -1))
-    recon = recon.float().unflatten(-1, (n_models, -1))
-    sq_err = (recon - x).pow(2).sum(-1).mean(0)
-    variance = (x - x.mean(0)).pow(2).sum(-1).mean(0).clamp(min=1e-12)
-    out: dict[str, float] = {}
-    for m in range(n_models):
-        out[f"mse_model{m}"] = sq_err[m].item()
-        out[f"fve_model{m}"] = (1 - sq_err[m] / variance[m]).item()
-    return out
+    sums = ReconstructionSums(n_models)
+    sums.update(x, recon)
+    return sums.by_model_index()
 
 
 def _short_model_name(name: str) -> str:
